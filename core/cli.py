@@ -1,0 +1,180 @@
+"""Command line: ``python -m core demo`` and ``python -m core train``.
+
+Human progress goes to stderr; the last line of stdout is one JSON object
+describing the run, so scripts can read the outcome.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import TrainerError
+
+DEMO_DEFAULTS = {"steps": 150, "rank": 8, "lr": 1e-3, "resolution": 64, "batch_size": 2}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import diffusers
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+
+
+def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
+    group = parser.add_argument_group("training")
+    group.add_argument("--steps", type=int, default=defaults.get("steps", 1000), help="optimizer steps (default %(default)s)")
+    group.add_argument("--rank", type=int, default=defaults.get("rank", 4), help="LoRA rank (default %(default)s)")
+    group.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: equal to the rank)")
+    group.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
+    group.add_argument("--targets", default="kohya", choices=["attention", "kohya"], help="UNet modules that get adapters (default %(default)s: attention, feed-forward and projections, as kohya)")
+    group.add_argument("--train-text-encoder", action="store_true", help="also train a LoRA on the CLIP text encoder")
+    group.add_argument("--lr", type=float, default=defaults.get("lr", 1e-4), help="learning rate (default %(default)s)")
+    group.add_argument("--lr-scheduler", default="cosine", choices=["constant", "constant_with_warmup", "cosine", "linear"])
+    group.add_argument("--warmup-steps", type=int, default=0)
+    group.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 turns clipping off")
+    group.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 1))
+    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    group.add_argument("--resolution", type=int, default=defaults.get("resolution", 512), help="square training size in px, a multiple of 64")
+    group.add_argument("--crop", default="center", choices=["center", "random"])
+    group.add_argument("--no-flip", action="store_true", help="turn random horizontal flips off")
+    group.add_argument("--seed", type=int, default=0)
+    group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    group.add_argument("--gradient-checkpointing", action="store_true", help="trade compute for memory")
+    group.add_argument("--no-cache", action="store_true", help="encode images and captions every step (slower; for comparison)")
+    group.add_argument("--save-every", type=int, default=0, help="write a checkpoint every N steps (needs --checkpoint-dir)")
+    group.add_argument("--checkpoint-dir", default=None, help="folder for resumable checkpoints")
+    group.add_argument("--resume", default=None, help="a checkpoint folder, or a --checkpoint-dir to take the newest one from")
+    group.add_argument("--device", default=None, help="torch device (default: the best available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m core", description="Train Stable Diffusion 1.x LoRAs offline.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    demo = commands.add_parser("demo", help="train on a built-in tiny model and synthetic images (no download)")
+    demo.add_argument("--workdir", required=True, help="folder for the demo's model, images and LoRA")
+    _add_training_arguments(demo, DEMO_DEFAULTS)
+    train = commands.add_parser("train", help="train a LoRA on your base model and images")
+    train.add_argument("--base", required=True, help="SD1.x checkpoint (.safetensors, LDM layout) or diffusers folder")
+    train.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder (vocab.json + merges.txt); diffusers folders bring their own")
+    train.add_argument("--data", required=True, help="dataset folder (image/ + text/, or images with .txt sidecars)")
+    train.add_argument("--layout", default="auto", choices=["auto", "image-text", "sidecar"])
+    train.add_argument("--repeats", type=int, default=1)
+    train.add_argument("--output", required=True, help="where to write the LoRA (.safetensors)")
+    _add_training_arguments(train, {})
+    return parser
+
+
+def _settings_from(args: argparse.Namespace, output_name: str):
+    from .lora import LoRASettings
+    from .training import TrainSettings
+
+    lora_settings = LoRASettings(
+        rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=args.targets, train_text_encoder=args.train_text_encoder
+    )
+    settings = TrainSettings(
+        steps=args.steps,
+        learning_rate=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        resolution=args.resolution,
+        seed=args.seed,
+        lr_scheduler=args.lr_scheduler,
+        warmup_steps=args.warmup_steps,
+        max_grad_norm=args.max_grad_norm,
+        precision=args.precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        crop=args.crop,
+        random_flip=not args.no_flip,
+        save_every=args.save_every,
+        cache_latents=not args.no_cache,
+        cache_text=not args.no_cache,
+        output_name=output_name,
+    )
+    return lora_settings, settings
+
+
+def _check_output(path: Path) -> Path:
+    from .errors import OutputPathError
+
+    if path.suffix != ".safetensors":
+        raise OutputPathError(f"--output must end in .safetensors, got {path.name}.")
+    if path.is_dir():
+        raise OutputPathError(f"--output {path} is a folder; give a file name ending in .safetensors.")
+    return path
+
+
+def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
+    from .lora import save_lora_file
+    from .progress import ConsolePrinter
+    from .training import train
+
+    lora_settings, settings = _settings_from(args, output.stem)
+    checkpoint_dir = args.checkpoint_dir
+    if args.save_every and not checkpoint_dir:
+        checkpoint_dir = str(output.with_name(output.stem + "_checkpoints"))
+    print(f"base: {base!r}\ndata: {dataset.summary()}\nlora: {lora_settings!r}", file=sys.stderr)
+    result = train(
+        base, dataset, lora_settings, settings,
+        device=args.device, progress=ConsolePrinter(), checkpoint_dir=checkpoint_dir, resume_from=args.resume,
+    )
+    save_lora_file(result.lora, output)
+    print(f"saved {output}", file=sys.stderr)
+    return {"lora_path": str(output), **result.summary(), "checkpoint_dir": checkpoint_dir, "phase_seconds": result.phase_seconds}
+
+
+def run_demo(args) -> dict[str, Any]:
+    from . import tiny
+    from .dataset import load_folder_dataset
+    from .model_loading import load_base_model
+
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer_dir = tiny.write_tiny_tokenizer(workdir / "tokenizer")
+    checkpoint = workdir / "tiny_sd15.safetensors"
+    if not checkpoint.exists():
+        tiny.save_ldm_checkpoint(tiny.build_base_model(tokenizer_dir, seed=0), checkpoint)
+    data_dir = workdir / "data"
+    if not data_dir.exists():
+        tiny.write_synthetic_dataset(data_dir, count=8, size=64)
+    base = load_base_model(checkpoint, tokenizer_dir)
+    dataset = load_folder_dataset(data_dir)
+    return _run_training(args, base, dataset, workdir / "demo_lora.safetensors")
+
+
+def run_train(args) -> dict[str, Any]:
+    from .dataset import load_folder_dataset
+    from .model_loading import load_base_model
+
+    output = _check_output(Path(args.output))
+    dataset = load_folder_dataset(args.data, layout=args.layout, repeats=args.repeats)
+    base = load_base_model(args.base, args.tokenizer)
+    return _run_training(args, base, dataset, output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    started = time.perf_counter()
+    try:
+        _quiet_libraries()
+        summary = run_demo(args) if args.command == "demo" else run_train(args)
+    except TrainerError as error:
+        print(f"error: {error}", file=sys.stderr)
+        print(json.dumps({"error": str(error)}))
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    summary["wall_seconds"] = round(time.perf_counter() - started, 2)
+    print(json.dumps(summary))
+    return 0
