@@ -115,6 +115,8 @@ def remove(model: torch.nn.Module) -> None:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, module.get_base_layer())
+    if "peft_config" in model.__dict__:
+        del model.peft_config
 
 
 def kohya_stem(module_name: str, prefix: str) -> str:

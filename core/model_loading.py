@@ -325,8 +325,10 @@ def components_from_ldm_state(state: dict[str, torch.Tensor]):
     vae = AutoencoderKL.from_config(vae_config)
     _load_strict(vae, convert_ldm_vae_checkpoint(state, vae_config), "VAE")
     text_encoder = text_encoder_from_config(te_config)
-    # transformers 5 dropped the ``text_model.`` level of CLIPTextModel's state dict.
-    clip_state = {re.sub(r"^text_model\.", "", k): v for k, v in convert_ldm_clip_checkpoint(state).items()}
+    clip_state = convert_ldm_clip_checkpoint(state)
+    if not any(k.startswith("text_model.") for k in text_encoder.state_dict()):
+        # transformers 5 dropped the ``text_model.`` level of CLIPTextModel's state dict.
+        clip_state = {re.sub(r"^text_model\.", "", k): v for k, v in clip_state.items()}
     _load_strict(text_encoder, clip_state, "text encoder")
     return unet, vae, text_encoder
 

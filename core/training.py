@@ -9,11 +9,8 @@ checkpoint continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
-import re
-import shutil
 import statistics
 import time
 from contextlib import contextmanager, nullcontext
@@ -23,23 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
+from . import checkpoints
 from . import lora as lora_lib
 from .dataset import ImageCaptionDataset
 from .devices import default_device, resolve_precision, torch_dtype
 from .errors import SettingsError, TrainerError
+from .losses import denoising_loss, training_target
 from .model_loading import BaseModel
+from .optim import LR_SCHEDULERS, make_optimizer
+from .preprocess import center_crop, pil_to_tensor, resize_for_training
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
 
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "cosine", "linear")
 CROP_MODES = ("center", "random")
-CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
 EVAL_IMAGES = 8
 EVAL_DRAWS = 4
 EVAL_SEED = 20240611
-# Settings that change what a step means; a resume must keep them.
-RESUME_INVARIANTS = ("resolution", "batch_size", "grad_accum", "seed", "crop", "random_flip")
 
 
 @dataclass(frozen=True)
@@ -127,59 +123,6 @@ def mix_seed(*parts: int) -> int:
 
 def generator(*parts: int) -> torch.Generator:
     return torch.Generator("cpu").manual_seed(mix_seed(*parts))
-
-
-# --------------------------------------------------------------------------- image preparation
-
-
-def resize_for_training(image, resolution: int):
-    """Resize so the short side equals the resolution (LANCZOS, as kohya does)."""
-    from PIL import Image
-
-    width, height = image.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    return image.resize(size, Image.Resampling.LANCZOS)
-
-
-def pil_to_tensor(image) -> torch.Tensor:
-    import numpy as np
-
-    array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
-    return array.permute(2, 0, 1).float().div(127.5).sub(1.0)
-
-
-def center_crop(image, resolution: int):
-    width, height = image.size
-    left, top = (width - resolution) // 2, (height - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
-
-
-# --------------------------------------------------------------------------- checkpoints
-
-
-def find_checkpoints(folder: Path) -> list[Path]:
-    if not folder.is_dir():
-        return []
-    found = [(int(m[1]), p) for p in folder.iterdir() if (m := CHECKPOINT_PATTERN.match(p.name)) and (p / "state.json").is_file()]
-    return [path for _, path in sorted(found)]
-
-
-def resolve_resume_path(path: str | os.PathLike) -> Path:
-    target = Path(path)
-    if (target / "state.json").is_file():
-        return target
-    checkpoints = find_checkpoints(target)
-    if not checkpoints:
-        raise TrainerError(f"No checkpoint to resume from in {target} (expected checkpoint-N folders with state.json).")
-    return checkpoints[-1]
-
-
-def read_checkpoint_state(folder: Path) -> dict[str, Any]:
-    try:
-        return json.loads((folder / "state.json").read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise TrainerError(f"Checkpoint {folder} is unreadable ({error.__class__.__name__}); resume from an earlier one.") from None
 
 
 # --------------------------------------------------------------------------- the trainer
@@ -370,13 +313,10 @@ class Trainer:
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=rng)
         timesteps = timesteps.to(self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        if self.base.prediction_type == "v_prediction":
-            target = scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
+        target = training_target(scheduler, latents, noise, timesteps)
         with self._autocast():
             prediction = unet(noisy.to(self.unet_dtype), timesteps, text.to(self.unet_dtype)).sample
-        return F.mse_loss(prediction.float(), target.float())
+        return denoising_loss(prediction, target)
 
     @torch.no_grad()
     def evaluate(self, unet, text_encoder) -> float:
@@ -408,63 +348,26 @@ class Trainer:
             "base_source": os.path.basename(self.base.source),
         }
 
-    def _check_resume_compatible(self, state: dict[str, Any], folder: Path) -> None:
-        mine = self._run_state()
-        differences = []
-        if state.get("lora") != mine["lora"]:
-            theirs = state.get("lora", {})
-            changed = [k for k in mine["lora"] if theirs.get(k) != mine["lora"][k]]
-            differences += [f"LoRA {k} {theirs.get(k)!r} vs {mine['lora'][k]!r}" for k in changed]
-        if state.get("dataset_hash") != mine["dataset_hash"]:
-            differences.append("the dataset (its images or captions changed)")
-        if state.get("base_hash") != mine["base_hash"]:
-            differences.append(f"the base model ({state.get('base_source')} vs {mine['base_source']})")
-        for key in RESUME_INVARIANTS:
-            if state.get("settings", {}).get(key) != mine["settings"][key]:
-                differences.append(f"{key} {state.get('settings', {}).get(key)!r} vs {mine['settings'][key]!r}")
-        if differences:
-            raise TrainerError(
-                f"Cannot resume from {folder}: it belongs to a different run ({'; '.join(differences[:4])}); "
-                "use another checkpoint folder or the original settings."
-            )
-
     def save_checkpoint(self, step: int) -> Path:
         assert self.checkpoint_dir is not None
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        final = self.checkpoint_dir / f"checkpoint-{step:06d}"
-        staging = self.checkpoint_dir / f".checkpoint-{step:06d}.partial"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        try:
-            lora_lib.save_lora_file(self._export(step), staging / "lora.safetensors")
-            training_state = {
-                "optimizer": self.optimizer.state_dict(),
-                "lr_scheduler": self.lr_scheduler.state_dict(),
-                "scaler": self.scaler.state_dict() if self.scaler is not None else {},
-                "loss_history": torch.tensor(self.loss_history, dtype=torch.float64),
-                "lr_history": torch.tensor(self.lr_history, dtype=torch.float64),
-            }
-            torch.save(training_state, staging / "training_state.pt")
-            state = {**self._run_state(), "step": step, "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-            (staging / "state.json").write_text(json.dumps(state, indent=2))
-            if final.exists():
-                shutil.rmtree(final)
-            os.replace(staging, final)
-        except OSError as error:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise TrainerError(f"Could not write checkpoint {final}: {error.strerror or error}; check free space and permissions.") from None
+        training_state = {
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else {},
+            "loss_history": torch.tensor(self.loss_history, dtype=torch.float64),
+            "lr_history": torch.tensor(self.lr_history, dtype=torch.float64),
+        }
+        final = checkpoints.write_checkpoint(self.checkpoint_dir, step, self._export(step), training_state, self._run_state())
         self.checkpoints.append(str(final))
         self.progress(ProgressEvent("save", step, self.settings.steps, message=f"saved {final.name}"))
         return final
 
     def _load_checkpoint(self, folder: Path) -> int:
-        state = read_checkpoint_state(folder)
-        self._check_resume_compatible(state, folder)
-        weights = lora_lib.read_lora_file(folder / "lora.safetensors")
+        state, weights, training_state = checkpoints.read_checkpoint(folder)
+        checkpoints.check_compatible(state, self._run_state(), folder)
         lora_lib.load_kohya_into(self.unet, weights.tensors, lora_lib.UNET_PREFIX)
         if self.train_text_encoder:
             lora_lib.load_kohya_into(self.text_encoder, weights.tensors, lora_lib.TEXT_ENCODER_PREFIX)
-        training_state = torch.load(folder / "training_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(training_state["optimizer"])
         self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
         if self.scaler is not None and training_state["scaler"]:
@@ -545,19 +448,6 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _make_optimizer(self, parameters: list[torch.nn.Parameter]) -> None:
-        from diffusers.optimization import get_scheduler
-
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(parameters, lr=self.settings.learning_rate, betas=(0.9, 0.999), weight_decay=1e-2, eps=1e-8, fused=fused or None)
-        self.lr_scheduler = get_scheduler(
-            self.settings.lr_scheduler,
-            optimizer=self.optimizer,
-            num_warmup_steps=self.settings.warmup_steps,
-            num_training_steps=self.settings.steps,
-        )
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.dtype == torch.float16 else None
-
     def run(self) -> TrainResult:
         settings = self.settings
         self.checkpoints: list[str] = []
@@ -580,10 +470,10 @@ class Trainer:
             if not settings.cache_latents:
                 self.base.vae.to(self.device)
             parameters = [p for model in (self.unet, self.text_encoder) for p in model.parameters() if p.requires_grad]
-            self._make_optimizer(parameters)
+            self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(parameters, settings, self.device, self.dtype)
             start_step = 0
             if self.resume_from is not None:
-                start_step = self._load_checkpoint(resolve_resume_path(self.resume_from))
+                start_step = self._load_checkpoint(checkpoints.resolve_resume_path(self.resume_from))
             lora_lib.set_adapters_enabled(self.unet, False)
             lora_lib.set_adapters_enabled(self.text_encoder, False)
             with self._timed("eval"):

@@ -1,0 +1,134 @@
+import pickle
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from core import tiny
+from core.errors import ModelLoadError
+from core.model_loading import load_base_model
+
+
+def _outputs(model):
+    torch.manual_seed(0)
+    latents = torch.randn(1, 4, 8, 8)
+    text = torch.randn(1, 77, model.unet.config.cross_attention_dim)
+    pixels = torch.rand(1, 3, 64, 64) * 2 - 1
+    ids = model.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    with torch.no_grad():
+        return {
+            "unet": model.unet(latents, torch.tensor([500]), text).sample,
+            "vae": model.vae.encode(pixels).latent_dist.mean,
+            "vae_decode": model.vae.decode(latents).sample,
+            "text_encoder": model.text_encoder(ids)[0],
+        }
+
+
+def test_ldm_file_and_diffusers_folder_load_identical_modules(tiny_assets):
+    from_ldm = load_base_model(tiny_assets["ldm"], tiny_assets["tokenizer"])
+    from_diffusers = load_base_model(tiny_assets["diffusers"])
+    reference = _outputs(tiny_assets["model"])
+    for loaded in (from_ldm, from_diffusers):
+        for name, value in _outputs(loaded).items():
+            assert torch.allclose(value, reference[name], atol=1e-6), name
+    assert from_ldm.unet.config.block_out_channels == [32, 64]
+    assert from_ldm.unet.config.down_block_types == ["CrossAttnDownBlock2D", "DownBlock2D"]
+    assert from_ldm.vae_scale_factor == 8
+
+
+def test_inferred_full_size_config_matches_sd15(tmp_path, tiny_assets):
+    """The real SD1.5 architecture is recovered from shapes alone (weights built on the meta device)."""
+    from diffusers import UNet2DConditionModel
+
+    from core.ldm_export import unet_to_ldm
+    from core.model_loading import infer_unet_config, load_json_config
+
+    reference = load_json_config("sd15_unet.json")
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(reference)
+    inferred = infer_unet_config(unet_to_ldm(unet))
+    for key in ("block_out_channels", "layers_per_block", "down_block_types", "up_block_types", "cross_attention_dim", "attention_head_dim"):
+        assert inferred[key] == reference[key], key
+
+
+def _write(path, tensors):
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path))
+    return path
+
+
+@pytest.mark.parametrize(
+    "keys, expected",
+    [
+        ({"conditioner.embedders.1.model.ln_final.weight": 2, "model.diffusion_model.label_emb.0.0.weight": 2}, "SDXL"),
+        ({"double_blocks.0.img_attn.qkv.weight": 2}, "Flux"),
+        ({"encoder.down.0.block.0.conv1.weight": 2, "decoder.up.0.block.0.conv1.weight": 2}, "VAE on its own"),
+        ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": 2}, "LoRA file"),
+        ({"model.diffusion_model.input_blocks.0.0.weight": 2, "cond_stage_model.model.ln_final.weight": 2, "first_stage_model.x": 2}, "SD2.x"),
+    ],
+)
+def test_unsupported_checkpoints_are_named(tmp_path, keys, expected):
+    path = _write(tmp_path / "model.safetensors", {k: torch.zeros(v) for k, v in keys.items()})
+    with pytest.raises(ModelLoadError, match=expected):
+        load_base_model(path, None)
+
+
+def test_truncated_checkpoint(tmp_path, tiny_assets):
+    data = tiny_assets["ldm"].read_bytes()
+    path = tmp_path / "cut.safetensors"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ModelLoadError, match="truncated"):
+        load_base_model(path, tiny_assets["tokenizer"])
+
+
+def test_text_file_renamed(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("these are my notes, not a model\n" * 10)
+    with pytest.raises(ModelLoadError, match="not a valid safetensors file"):
+        load_base_model(path, None)
+
+
+def test_empty_and_missing_checkpoint(tmp_path):
+    empty = tmp_path / "empty.safetensors"
+    empty.write_bytes(b"")
+    with pytest.raises(ModelLoadError, match="empty"):
+        load_base_model(empty, None)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_base_model(tmp_path / "nope.safetensors", None)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+def test_ckpt_with_pickled_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.ckpt"
+    with open(path, "wb") as handle:
+        pickle.dump({"state_dict": _Payload()}, handle)
+    with pytest.raises(ModelLoadError, match="refused"):
+        load_base_model(path, None)
+    assert "pickled code ran" not in capsys.readouterr().out
+
+
+def test_plain_ckpt_loads_with_weights_only(tmp_path, tiny_assets):
+    from safetensors.torch import load_file
+
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": load_file(str(tiny_assets["ldm"]))}, path)
+    model = load_base_model(path, tiny_assets["tokenizer"])
+    assert model.unet.config.block_out_channels == [32, 64]
+
+
+def test_tokenizer_folder_missing_files(tmp_path, tiny_assets):
+    (tmp_path / "tok").mkdir()
+    (tmp_path / "tok" / "vocab.json").write_text("{}")
+    with pytest.raises(ModelLoadError, match="merges.txt"):
+        load_base_model(tiny_assets["ldm"], tmp_path / "tok")
+    with pytest.raises(ModelLoadError, match="--tokenizer"):
+        load_base_model(tiny_assets["ldm"], None)
+
+
+def test_tokenizer_must_match_text_encoder(tmp_path, tiny_assets):
+    other = tiny.write_tiny_tokenizer(tmp_path / "other", words=["zebra"])
+    with pytest.raises(ModelLoadError, match="tokens"):
+        load_base_model(tiny_assets["ldm"], other)

@@ -1,0 +1,191 @@
+import json
+import re
+
+import pytest
+import torch
+
+from core import lora as lora_lib
+from core.errors import SettingsError
+from core.lora import LoRASettings, read_lora_file, save_lora_file
+from core.training import Trainer, TrainSettings, train
+
+FAST = dict(steps=6, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3)
+KOHYA_KEY = re.compile(
+    r"^(lora_unet_[a-z0-9_]+|lora_te_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12]))"
+    r"\.(lora_down\.weight|lora_up\.weight|alpha)$"
+)
+
+
+class CapturingTrainer(Trainer):
+    """Records the trained peft model's UNet output before the adapters are removed."""
+
+    probe = None
+
+    def _restore_base(self):
+        torch.manual_seed(11)
+        latents = torch.randn(1, 4, 8, 8)
+        text = torch.randn(1, 77, self.unet.config.cross_attention_dim)
+        ids = self.base.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
+        with torch.no_grad():
+            CapturingTrainer.probe = {
+                "latents": latents, "text": text, "ids": ids,
+                "unet": self.unet(latents, torch.tensor([400]), text).sample,
+                "text_encoder": self.text_encoder(ids)[0],
+            }
+        super()._restore_base()
+
+
+class StopAtStep:
+    """Progress callback + stop check that cancels once a given step has been reported."""
+
+    def __init__(self, step):
+        self.step, self.stopped = step, False
+
+    def __call__(self, event):
+        if event.phase == "train" and event.step >= self.step:
+            self.stopped = True
+
+    def should_stop(self):
+        return self.stopped
+
+
+def _state(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_saved_lora_reproduces_trained_model_in_diffusers(tiny_assets, base_model, dataset, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    settings = LoRASettings(rank=4, alpha=2.0, targets="kohya", train_text_encoder=True)
+    unet_before = _state(base_model.unet)
+    result = CapturingTrainer(base_model, dataset, settings, TrainSettings(**FAST)).run()
+    path = save_lora_file(result.lora, tmp_path / "trained.safetensors")
+
+    # The base model is back to exactly what it was: no adapters left, same weights.
+    assert not any("lora" in name for name, _ in base_model.unet.named_modules())
+    after = base_model.unet.state_dict()
+    assert all(torch.equal(unet_before[k], after[k]) for k in unet_before)
+
+    pipe = StableDiffusionPipeline.from_pretrained(tiny_assets["diffusers"], safety_checker=None, local_files_only=True)
+    probe = CapturingTrainer.probe
+    with torch.no_grad():
+        plain = pipe.unet(probe["latents"], torch.tensor([400]), probe["text"]).sample
+    pipe.load_lora_weights(str(path))
+    with torch.no_grad():
+        loaded_unet = pipe.unet(probe["latents"], torch.tensor([400]), probe["text"]).sample
+        loaded_te = pipe.text_encoder(probe["ids"])[0]
+    assert (plain - probe["unet"]).abs().max() > 1e-3, "training changed nothing, so the comparison would prove nothing"
+    assert (loaded_unet - probe["unet"]).abs().max() <= 1e-4
+    assert (loaded_te - probe["text_encoder"]).abs().max() <= 1e-4
+
+
+def test_saved_keys_and_metadata(base_model, dataset, tmp_path):
+    result = train(base_model, dataset, LoRASettings(rank=4, targets="kohya", train_text_encoder=True), TrainSettings(**FAST))
+    path = save_lora_file(result.lora, tmp_path / "x.safetensors")
+    weights = read_lora_file(path)
+    assert weights.tensors and all(KOHYA_KEY.match(k) for k in weights.tensors), [k for k in weights.tensors if not KOHYA_KEY.match(k)][:3]
+    stems = {k.rsplit(".", 2)[0] for k in weights.tensors if k.endswith("lora_down.weight")}
+    assert all(f"{stem}.alpha" in weights.tensors for stem in stems)
+    assert any(k.startswith("lora_te_text_model_encoder_layers_0_self_attn_q_proj") for k in weights.tensors)
+    proj_in = next(v for k, v in weights.tensors.items() if "proj_in.lora_down" in k)
+    assert proj_in.ndim == 4, "1x1 conv proj_in adapters are saved 4-D"
+    meta = weights.metadata
+    for key in ("ss_network_module", "ss_network_dim", "ss_network_alpha", "ss_network_args", "ss_base_model_version", "ss_v2",
+                "ss_steps", "ss_learning_rate", "ss_resolution", "ss_seed", "ss_num_train_images", "ss_output_name",
+                "ss_training_started_at", "ss_training_finished_at", "modelspec.architecture", "modelspec.title"):
+        assert key in meta, key
+    assert meta["ss_base_model_version"] == "sd_v1" and meta["ss_network_dim"] == "4" and meta["ss_steps"] == "6"
+    assert json.loads(meta["ss_network_args"])["targets"] == "kohya"
+    assert int(meta["ss_num_train_images"]) == len(dataset)
+    assert not any(".lora_A." in k or "lora_B" in k for k in weights.tensors), "peft key names must never be saved"
+
+
+def test_target_presets_match_kohya_counts(base_model):
+    from diffusers import UNet2DConditionModel
+
+    from core.model_loading import load_json_config
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(load_json_config("sd15_unet.json"))
+    names = [n for n, _ in unet.named_modules()]
+    assert sum(bool(re.fullmatch(lora_lib.UNET_TARGET_PRESETS["kohya"], n)) for n in names) == 192
+    assert sum(bool(re.fullmatch(lora_lib.UNET_TARGET_PRESETS["attention"], n)) for n in names) == 128
+
+
+def test_same_seed_same_lora_and_seed_matters(base_model, dataset):
+    settings = LoRASettings(rank=4, dropout=0.1)
+    first = train(base_model, dataset, settings, TrainSettings(**FAST)).lora.tensors
+    second = train(base_model, dataset, settings, TrainSettings(**FAST)).lora.tensors
+    other = train(base_model, dataset, settings, TrainSettings(**{**FAST, "seed": 4})).lora.tensors
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first if "lora_up" in k)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 2])
+def test_interrupted_and_resumed_run_equals_uninterrupted(base_model, dataset, tmp_path, grad_accum):
+    settings = TrainSettings(**{**FAST, "steps": 7, "grad_accum": grad_accum, "lr_scheduler": "cosine", "warmup_steps": 2})
+    lora_settings = LoRASettings(rank=4, dropout=0.1)
+    reference = train(base_model, dataset, lora_settings, settings)
+
+    checkpoint_dir = tmp_path / "ck"
+    stop = StopAtStep(3)
+    first = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, progress=stop, should_stop=stop.should_stop)
+    assert first.interrupted and first.steps == 3
+    resumed = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, resume_from=checkpoint_dir)
+    assert resumed.resumed_from_step == 3 and resumed.steps == 7
+    assert len(resumed.loss_history) == 7
+    assert resumed.loss_history[:3] == first.loss_history
+    for key, value in reference.lora.tensors.items():
+        assert (resumed.lora.tensors[key] - value).abs().max() <= 1e-6, key
+    assert resumed.loss_history == pytest.approx(reference.loss_history, abs=1e-6)
+
+
+def test_resume_with_other_rank_is_refused(base_model, dataset, tmp_path):
+    from core.errors import TrainerError
+
+    settings = TrainSettings(**{**FAST, "steps": 2})
+    train(base_model, dataset, LoRASettings(rank=4), settings, checkpoint_dir=tmp_path / "ck")
+    with pytest.raises(TrainerError, match="rank 4 vs 8"):
+        train(base_model, dataset, LoRASettings(rank=8), settings, checkpoint_dir=tmp_path / "ck2", resume_from=tmp_path / "ck")
+
+
+def test_save_every_writes_loadable_checkpoints(base_model, dataset, tmp_path):
+    result = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "save_every": 2}), checkpoint_dir=tmp_path / "ck")
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    assert names == ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006"]
+    assert read_lora_file(tmp_path / "ck" / "checkpoint-000004" / "lora.safetensors").metadata["ss_steps"] == "4"
+    assert len(result.checkpoints) == 3
+
+
+def test_uncached_training_matches_cached(base_model, dataset):
+    """Caching is an optimisation only: the same run without caches gives the same LoRA."""
+    cached = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 3}))
+    uncached = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 3, "cache_latents": False, "cache_text": False}))
+    for key, value in cached.lora.tensors.items():
+        assert (uncached.lora.tensors[key] - value).abs().max() <= 1e-5, key
+
+
+def test_gradient_checkpointing_gives_same_gradients(base_model, dataset):
+    plain = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 2}))
+    checkpointed = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 2, "gradient_checkpointing": True}))
+    for key, value in plain.lora.tensors.items():
+        assert (checkpointed.lora.tensors[key] - value).abs().max() <= 1e-5, key
+
+
+@pytest.mark.parametrize(
+    "lora_kwargs, train_kwargs, message",
+    [
+        ({"rank": 0}, {}, "rank must be"),
+        ({"rank": 4096}, {}, "larger than the UNet layer"),
+        ({"alpha": -1.0}, {}, "alpha must be positive"),
+        ({}, {"steps": 0}, "steps must be at least 1"),
+        ({}, {"learning_rate": 0.0}, "Learning rate"),
+        ({}, {"learning_rate": float("nan")}, "Learning rate"),
+        ({}, {"resolution": 100}, "multiple of 64"),
+        ({}, {"resolution": 0}, "multiple of 64"),
+        ({}, {"batch_size": 64}, "larger than the dataset"),
+    ],
+)
+def test_bad_settings_are_refused(base_model, dataset, lora_kwargs, train_kwargs, message):
+    with pytest.raises(SettingsError, match=message):
+        train(base_model, dataset, LoRASettings(**lora_kwargs), TrainSettings(**{**FAST, **train_kwargs}))
