@@ -127,10 +127,21 @@ def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
     result = train(
         base, dataset, lora_settings, settings,
         device=args.device, progress=ConsolePrinter(), checkpoint_dir=checkpoint_dir, resume_from=args.resume,
+        release_frozen_models=True,
     )
     save_lora_file(result.lora, output)
     print(f"saved {output}", file=sys.stderr)
     return {"lora_path": str(output), **result.summary(), "checkpoint_dir": checkpoint_dir, "phase_seconds": result.phase_seconds}
+
+
+def _load_dtype(args):
+    """Load the base directly in the training precision on the CPU (no second copy); fp32 otherwise."""
+    import torch
+
+    from .devices import default_device, resolve_precision, torch_dtype
+
+    device = torch.device(args.device) if args.device else default_device()
+    return torch_dtype(resolve_precision(args.precision, device)) if device.type == "cpu" else torch.float32
 
 
 def run_demo(args) -> dict[str, Any]:
@@ -147,7 +158,7 @@ def run_demo(args) -> dict[str, Any]:
     data_dir = workdir / "data"
     if not data_dir.exists():
         tiny.write_synthetic_dataset(data_dir, count=8, size=64)
-    base = load_base_model(checkpoint, tokenizer_dir)
+    base = load_base_model(checkpoint, tokenizer_dir, dtype=_load_dtype(args))
     dataset = load_folder_dataset(data_dir)
     return _run_training(args, base, dataset, workdir / "demo_lora.safetensors")
 
@@ -158,7 +169,7 @@ def run_train(args) -> dict[str, Any]:
 
     output = _check_output(Path(args.output))
     dataset = load_folder_dataset(args.data, layout=args.layout, repeats=args.repeats)
-    base = load_base_model(args.base, args.tokenizer)
+    base = load_base_model(args.base, args.tokenizer, dtype=_load_dtype(args))
     return _run_training(args, base, dataset, output)
 
 

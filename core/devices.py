@@ -6,6 +6,10 @@ then MPS, then CPU).
 """
 from __future__ import annotations
 
+import ctypes
+import functools
+import sys
+
 import torch
 
 from .errors import SettingsError
@@ -27,9 +31,8 @@ def default_device() -> torch.device:
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Map ``auto`` to a concrete precision for this device.
 
-    On GPUs bf16 where supported, else fp16. On the CPU fp32: bf16 autocast
-    is only faster on CPUs with native bf16 matmul, which we cannot detect
-    reliably, so it stays an explicit choice there.
+    On GPUs bf16 where supported, else fp16. On the CPU bf16 only where the
+    CPU has native bf16 matrix instructions; elsewhere bf16 is slower than fp32.
     """
     if precision not in PRECISIONS:
         raise SettingsError(f"Precision must be one of {', '.join(PRECISIONS)}, got {precision!r}.")
@@ -41,7 +44,40 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if device.type in ("xpu", "mps"):
         return "fp16" if device.type == "mps" else "bf16"
-    return "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """True on CPUs with bf16 matrix instructions (AVX512-BF16 or AMX), where bf16 autocast is about 2x faster."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            flags = next((line for line in cpuinfo if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@functools.lru_cache(maxsize=1)
+def keep_freed_memory_for_reuse() -> bool:
+    """Stop glibc from handing large freed blocks back to the OS between training steps.
+
+    By default glibc serves allocations over 128 KiB-32 MiB with mmap and
+    unmaps them on free, so every step page-faults its activations in again
+    (15-20 % of a CPU step). Raising the mmap and trim thresholds keeps freed
+    memory in the heap for the next step. Returns whether it was applied.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # musl or another libc: leave it alone
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    largest_mmap_threshold = 32 * 1024 * 1024  # glibc refuses larger values on 64-bit
+    applied = libc.mallopt(m_mmap_threshold, largest_mmap_threshold) == 1
+    applied &= libc.mallopt(m_trim_threshold, 1 << 30) == 1
+    return bool(applied)
 
 
 def torch_dtype(precision: str) -> torch.dtype:

@@ -267,18 +267,31 @@ def text_encoder_from_config(config: dict[str, Any]):
     return CLIPTextModel(CLIPTextConfig(**settings))
 
 
-def _load_strict(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
-    expected = set(module.state_dict().keys())
-    provided = set(state.keys())
-    missing = sorted(expected - provided)
-    unexpected = sorted(k for k in provided - expected if not k.endswith("position_ids"))
+def materialize(make_module, state: dict[str, torch.Tensor], what: str, dtype: torch.dtype = torch.float32, device="cpu") -> torch.nn.Module:
+    """Build a module on the meta device and adopt ``state``'s tensors directly (no random init, no second copy)."""
+    with torch.device("meta"):
+        module = make_module()
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(k for k in set(state) - set(expected) if not k.endswith("position_ids"))
     if missing or unexpected:
         detail = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
         raise ModelLoadError(f"The checkpoint's {what} does not match the SD1.x layout ({detail}).")
-    for key, tensor in module.state_dict().items():
+    for key, tensor in expected.items():
         if tensor.shape != state[key].shape:
             raise ModelLoadError(f"The checkpoint's {what} has {key} of shape {tuple(state[key].shape)}, expected {tuple(tensor.shape)}.")
-    module.load_state_dict({k: v for k, v in state.items() if k in expected}, strict=True)
+    module.load_state_dict(
+        {k: state[k].to(device, dtype if state[k].is_floating_point() else state[k].dtype) for k in expected},
+        strict=True, assign=True,
+    )
+    for name, buffer in list(module.named_buffers()):
+        if buffer.is_meta:  # non-persistent buffers are not in any state dict
+            if not name.endswith("position_ids"):
+                raise ModelLoadError(f"Cannot rebuild the {what}'s buffer {name}.")
+            owner_name, _, buffer_name = name.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner._buffers[buffer_name] = torch.arange(buffer.shape[-1], device=device).expand(buffer.shape)
+    return module.eval().requires_grad_(False)
 
 
 def load_tokenizer(tokenizer_dir: str | os.PathLike | None):
@@ -307,7 +320,7 @@ def default_noise_scheduler(prediction_type: str = "epsilon"):
     return DDPMScheduler.from_config(config)
 
 
-def components_from_ldm_state(state: dict[str, torch.Tensor]):
+def components_from_ldm_state(state: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
     """Build UNet, VAE and text encoder from an LDM-layout state dict."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from diffusers.loaders.single_file_utils import (
@@ -319,18 +332,21 @@ def components_from_ldm_state(state: dict[str, torch.Tensor]):
     unet_config = infer_unet_config(state)
     vae_config = infer_vae_config(state)
     te_config = infer_text_encoder_config(state)
-
-    unet = UNet2DConditionModel.from_config(unet_config)
-    _load_strict(unet, convert_ldm_unet_checkpoint(state, unet_config), "UNet")
-    vae = AutoencoderKL.from_config(vae_config)
-    _load_strict(vae, convert_ldm_vae_checkpoint(state, vae_config), "VAE")
-    text_encoder = text_encoder_from_config(te_config)
+    unet = materialize(lambda: UNet2DConditionModel.from_config(unet_config), convert_ldm_unet_checkpoint(state, unet_config), "UNet", dtype)
+    # The VAE stays fp32 whatever ``dtype`` is: it is small, runs once per image, and overflows in fp16.
+    vae = materialize(lambda: AutoencoderKL.from_config(vae_config), convert_ldm_vae_checkpoint(state, vae_config), "VAE")
     clip_state = convert_ldm_clip_checkpoint(state)
-    if not any(k.startswith("text_model.") for k in text_encoder.state_dict()):
-        # transformers 5 dropped the ``text_model.`` level of CLIPTextModel's state dict.
-        clip_state = {re.sub(r"^text_model\.", "", k): v for k, v in clip_state.items()}
-    _load_strict(text_encoder, clip_state, "text encoder")
+    text_encoder = materialize(lambda: text_encoder_from_config(te_config), _match_text_model_prefix(clip_state, te_config), "text encoder", dtype)
     return unet, vae, text_encoder
+
+
+def _match_text_model_prefix(clip_state: dict[str, torch.Tensor], te_config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """transformers 5 dropped the ``text_model.`` level of CLIPTextModel's state dict; 4.x keeps it."""
+    with torch.device("meta"):
+        wants_prefix = any(k.startswith("text_model.") for k in text_encoder_from_config(te_config).state_dict())
+    if wants_prefix:
+        return clip_state
+    return {re.sub(r"^text_model\.", "", k): v for k, v in clip_state.items()}
 
 
 def file_fingerprint(path: Path) -> str:
@@ -345,16 +361,20 @@ def load_base_model(
     path: str | os.PathLike,
     tokenizer_dir: str | os.PathLike | None = None,
     prediction_type: str | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> BaseModel:
-    """Load an SD1.x base from an LDM single file or a diffusers folder, offline, on the CPU in fp32."""
+    """Load an SD1.x base from an LDM single file or a diffusers folder, offline, on the CPU.
+
+    UNet and text encoder come in ``dtype``; the VAE is always fp32.
+    """
     source = Path(path)
     if source.is_dir() and (source / "model_index.json").is_file():
-        return _load_diffusers_folder(source, tokenizer_dir, prediction_type)
+        return _load_diffusers_folder(source, tokenizer_dir, prediction_type, dtype)
     state = read_state_dict(source)
     problem = describe_unsupported(list(state.keys()))
     if problem:
         raise ModelLoadError(f"{source.name} is {problem}.")
-    unet, vae, text_encoder = components_from_ldm_state(state)
+    unet, vae, text_encoder = components_from_ldm_state(state, dtype)
     del state
     tokenizer = load_tokenizer(tokenizer_dir)
     if len(tokenizer) != text_encoder.config.vocab_size:
@@ -374,7 +394,7 @@ def load_base_model(
     return model
 
 
-def _load_diffusers_folder(folder: Path, tokenizer_dir, prediction_type) -> BaseModel:
+def _load_diffusers_folder(folder: Path, tokenizer_dir, prediction_type, dtype: torch.dtype) -> BaseModel:
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
@@ -386,9 +406,9 @@ def _load_diffusers_folder(folder: Path, tokenizer_dir, prediction_type) -> Base
     if unet_class not in (None, "UNet2DConditionModel") or "text_encoder_2" in index:
         raise ModelLoadError(f"Diffusers folder {folder.name} holds {index.get('_class_name', 'an unknown pipeline')}, not an SD1.x model.")
     try:
-        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True)
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet", local_files_only=True, torch_dtype=dtype)
         vae = AutoencoderKL.from_pretrained(folder / "vae", local_files_only=True)
-        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True)
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder", local_files_only=True, torch_dtype=dtype)
     except Exception as error:
         raise ModelLoadError(f"Diffusers folder {folder.name} could not be loaded ({error.__class__.__name__}: {str(error)[:200]}).") from None
     if unet.config.cross_attention_dim != text_encoder.config.hidden_size or isinstance(unet.config.attention_head_dim, list):

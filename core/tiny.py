@@ -46,8 +46,15 @@ def _bytes_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def write_tiny_tokenizer(folder: Path, words=DEMO_WORDS) -> Path:
-    """Write a small but genuine CLIP BPE tokenizer (vocab.json + merges.txt)."""
+CLIP_VOCAB_SIZE = 49408
+
+
+def write_tiny_tokenizer(folder: Path, words=DEMO_WORDS, vocab_size: int | None = None) -> Path:
+    """Write a small but genuine CLIP BPE tokenizer (vocab.json + merges.txt).
+
+    ``vocab_size`` pads the vocabulary with unused tokens, so the tokenizer
+    fits a full-size CLIP text encoder (49408 tokens) in benchmarks.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     base = list(_bytes_to_unicode().values())
     vocab_list = base + [c + "</w>" for c in base]
@@ -61,6 +68,8 @@ def write_tiny_tokenizer(folder: Path, words=DEMO_WORDS) -> Path:
                 merges.append(merge)
                 vocab_list.append(merged)
             pieces = [merged] + pieces[2:]
+    if vocab_size is not None:
+        vocab_list += [f"<|unused{index}|>" for index in range(vocab_size - 2 - len(dict.fromkeys(vocab_list)))]
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {token: index for index, token in enumerate(dict.fromkeys(vocab_list))}
     (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
@@ -109,6 +118,10 @@ def save_diffusers_folder(model: BaseModel, folder: Path, tokenizer_dir: Path) -
     (folder / "tokenizer").mkdir(exist_ok=True)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(tokenizer_dir / name, folder / "tokenizer" / name)
+    # Without a config, transformers assumes an unbounded max length; CLIP's is 77.
+    tokenizer_config = {"model_max_length": model.text_encoder.config.max_position_embeddings, "bos_token": "<|startoftext|>",
+                        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
+    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     index = {
         "_class_name": "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",

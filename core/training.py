@@ -24,10 +24,10 @@ import torch
 from . import checkpoints
 from . import lora as lora_lib
 from .dataset import ImageCaptionDataset
-from .devices import default_device, resolve_precision, torch_dtype
+from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, torch_dtype
 from .errors import SettingsError, TrainerError
 from .losses import denoising_loss, training_target
-from .model_loading import BaseModel
+from .model_loading import BaseModel, materialize
 from .optim import LR_SCHEDULERS, make_optimizer
 from .preprocess import center_crop, pil_to_tensor, resize_for_training
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
@@ -142,7 +142,10 @@ class Trainer:
         should_stop: StopCheck | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | None = None,
+        release_frozen_models: bool = False,
     ):
+        """``release_frozen_models`` frees the VAE, text encoder and base UNet weights once they are no
+        longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI."""
         lora_settings.validate()
         settings.validate(dataset.num_samples)
         if len(dataset) == 0:
@@ -157,6 +160,9 @@ class Trainer:
         self.resume_from = Path(resume_from) if resume_from else None
         if settings.save_every and not self.checkpoint_dir:
             raise SettingsError("Saving every N steps needs a checkpoint folder.")
+        self.release_frozen_models = release_frozen_models
+        if self.device.type == "cpu":
+            keep_freed_memory_for_reuse()
         self.train_text_encoder = lora_settings.train_text_encoder
         self.pool = [index for index, entry in enumerate(dataset.entries) for _ in range(entry.repeats)]
         self._permutations: dict[int, torch.Tensor] = {}
@@ -192,20 +198,11 @@ class Trainer:
             return module
         from transformers import PreTrainedModel
 
-        with torch.device("meta"):
-            if isinstance(module, PreTrainedModel):
-                clone = type(module)._from_config(module.config)
-            else:
-                clone = type(module).from_config(module.config)
-        state = {k: v.to(self.device, dtype if v.is_floating_point() else v.dtype) for k, v in module.state_dict().items()}
-        clone.load_state_dict(state, assign=True)
-        originals = dict(module.named_buffers())
-        for name, buffer in list(clone.named_buffers()):
-            if buffer.is_meta:  # non-persistent buffers are not in the state dict
-                owner_name, _, buffer_name = name.rpartition(".")
-                owner = clone.get_submodule(owner_name) if owner_name else clone
-                owner._buffers[buffer_name] = originals[name].to(self.device)
-        return clone.eval().requires_grad_(False)
+        make = (lambda: type(module)._from_config(module.config)) if isinstance(module, PreTrainedModel) else (lambda: type(module).from_config(module.config))
+        clone = materialize(make, module.state_dict(), type(module).__name__, dtype, self.device)
+        if self.release_frozen_models:
+            module.to("meta")
+        return clone
 
     def _tokenize(self, captions: list[str]) -> torch.Tensor:
         tokens = self.base.tokenizer(
@@ -262,7 +259,9 @@ class Trainer:
                     self.text_cache[caption] = embedding.float()
 
     def _offload(self, module: torch.nn.Module) -> None:
-        if self.device.type != "cpu":
+        if self.release_frozen_models:
+            module.to("meta")  # drops the weights' storage
+        elif self.device.type != "cpu":
             module.to("cpu")
 
     # ------------------------------------------------------------------ data

@@ -9,7 +9,7 @@ from core.errors import SettingsError
 from core.lora import LoRASettings, read_lora_file, save_lora_file
 from core.training import Trainer, TrainSettings, train
 
-FAST = dict(steps=6, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3)
+FAST = dict(steps=6, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
 KOHYA_KEY = re.compile(
     r"^(lora_unet_[a-z0-9_]+|lora_te_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12]))"
     r"\.(lora_down\.weight|lora_up\.weight|alpha)$"

@@ -1,0 +1,103 @@
+"""Speed and memory benchmark: ``python -m bench`` (or ``./dev bench``).
+
+Builds the models it needs (tiny, and the full-size SD1.5 architecture with
+random weights; nothing is downloaded), runs our trainer for a fixed number
+of steps per configuration, each in its own process, and prints one JSON line
+per configuration. With ``REFERENCE_SCRIPT`` pointing at a copy of diffusers'
+``examples/text_to_image/train_text_to_image_lora.py`` it also runs that
+script on the same model, images and settings in the same invocation and adds
+the ratios ours/reference.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.assets import MODELS, build_data, build_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=[*MODELS, "all"], default="tiny")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 64 for tiny, 256 for sd15")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=4)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--warmup", type=int, default=2, help="steps left out of the steady-state median")
+    parser.add_argument("--variants", default="default", help="comma list: default, no-cache, checkpointing")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lora_trainer_bench"))
+    parser.add_argument("--device", default=None)
+    return parser.parse_args(argv)
+
+
+def run_worker(command: list[str], env: dict[str, str]) -> dict:
+    process = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    lines = [line for line in process.stdout.strip().splitlines() if line.startswith("{")]
+    if process.returncode != 0 or not lines:
+        tail = "\n".join((process.stderr or process.stdout).strip().splitlines()[-15:])
+        return {"error": f"worker exited with {process.returncode}", "log_tail": tail}
+    return json.loads(lines[-1])
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    reference_script = os.environ.get("REFERENCE_SCRIPT")
+    device_type = (args.device or ("cuda" if _cuda_available() else "cpu")).split(":")[0]
+    for model in (MODELS if args.model == "all" else (args.model,)):
+        resolution = args.resolution or (64 if model == "tiny" else 256)
+        model_dir = build_model(workdir, model)
+        ours_data, reference_data = build_data(workdir, resolution)
+        config = {"model": model, "resolution": resolution, "batch_size": args.batch_size, "rank": args.rank,
+                  "precision": args.precision, "steps": args.steps, "device": device_type}
+        reference = None
+        if reference_script:
+            reference = run_worker([
+                sys.executable, "-m", "bench.reference", reference_script, str(args.warmup), device_type,
+                "--pretrained_model_name_or_path", str(model_dir), "--train_data_dir", str(reference_data),
+                "--resolution", str(resolution), "--center_crop", "--train_batch_size", str(args.batch_size),
+                "--max_train_steps", str(args.steps), "--learning_rate", "1e-4", "--lr_scheduler", "constant",
+                "--lr_warmup_steps", "0", "--rank", str(args.rank), "--seed", "0", "--dataloader_num_workers", "0",
+                "--mixed_precision", {"fp32": "no"}.get(args.precision, args.precision),
+                "--output_dir", str(workdir / "reference_output"), "--checkpointing_steps", "1000000",
+                "--report_to", "tensorboard",
+            ], env)
+            print(json.dumps({**config, "variant": "reference", **reference}), flush=True)
+        for variant in args.variants.split(","):
+            command = [
+                sys.executable, "-m", "bench.ours", "--model-dir", str(model_dir), "--data", str(ours_data),
+                "--steps", str(args.steps), "--warmup", str(args.warmup), "--resolution", str(resolution),
+                "--batch-size", str(args.batch_size), "--rank", str(args.rank), "--precision", args.precision,
+            ]
+            command += {"no-cache": ["--no-cache"], "checkpointing": ["--gradient-checkpointing"]}.get(variant, [])
+            command += ["--device", args.device] if args.device else []
+            ours = run_worker(command, env)
+            line = {**config, "variant": variant, **ours}
+            if reference and "error" not in reference and "error" not in ours:
+                line["ratio_seconds_per_step"] = round(ours["seconds_per_step"] / reference["seconds_per_step"], 3)
+                line["ratio_peak_memory"] = round(ours["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
+            print(json.dumps(line), flush=True)
+    return 0
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""Benchmark inputs built locally: random-weight models and synthetic captioned images.
+
+Both trainers read the same diffusers folder and the same images; ours from
+``image/`` + ``text/``, the reference from an imagefolder with
+``metadata.jsonl`` (its only local format).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from core import tiny
+
+MODELS = ("tiny", "sd15")
+
+
+def build_model(workdir: Path, model: str) -> Path:
+    """A diffusers folder for ``tiny`` or the full-size SD1.5 architecture (random weights), built once."""
+    folder = workdir / f"{model}_diffusers"
+    if (folder / "model_index.json").is_file():
+        return folder
+    full_size = model == "sd15"
+    tokenizer_dir = tiny.write_tiny_tokenizer(workdir / f"{model}_tokenizer", vocab_size=tiny.CLIP_VOCAB_SIZE if full_size else None)
+    base = tiny.build_base_model(tokenizer_dir, seed=0, full_size=full_size)
+    staging = workdir / f".{model}_diffusers.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    tiny.save_diffusers_folder(base, staging, tokenizer_dir)
+    staging.rename(folder)
+    return folder
+
+
+def build_data(workdir: Path, size: int, count: int = 8) -> tuple[Path, Path]:
+    """(ours, reference) dataset folders holding the same images and captions."""
+    ours = workdir / f"data_{size}"
+    reference = workdir / f"data_{size}_imagefolder"
+    if not ours.exists():
+        tiny.write_synthetic_dataset(ours, count=count, size=size)
+    if not reference.exists():
+        reference.mkdir(parents=True)
+        rows = []
+        for image in sorted((ours / "image").iterdir()):
+            shutil.copy(image, reference / image.name)
+            rows.append({"file_name": image.name, "text": (ours / "text" / f"{image.stem}.txt").read_text()})
+        (reference / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return ours, reference
