@@ -20,7 +20,9 @@ def main() -> None:
     from bench.measure import peak_memory_bytes, steady_seconds
 
     step_ends: list[float] = []
-    torch.optim.optimizer.register_optimizer_step_post_hook(lambda optimizer, args, kwargs: step_ends.append(time.perf_counter()))
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+
+    register_optimizer_step_post_hook(lambda optimizer, args, kwargs: step_ends.append(time.perf_counter()))
     sys.argv = [script, *script_args]
     runpy.run_path(script, run_name="__main__")
     step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]

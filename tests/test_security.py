@@ -1,0 +1,57 @@
+"""Static and behavioural checks of the security rules."""
+import re
+from pathlib import Path
+
+import pytest
+
+from core.errors import OutputPathError
+from core.paths import check_file_name, inside
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = [p for folder in ("core", "nodes", "bench") for p in (ROOT / folder).rglob("*.py")] + list(ROOT.glob("*.py"))
+
+
+@pytest.mark.parametrize("pattern, why", [
+    (r"(?<![.\w])eval\(", "no eval of strings"),
+    (r"(?<![.\w])exec\(", "no exec of strings"),
+    (r"pickle\.loads?\(", "no unpickling"),
+    (r"trust_remote_code\s*=\s*True", "never trust remote code"),
+    (r"torch\.load\((?!.*weights_only=True)", "torch.load only with weights_only=True"),
+])
+def test_source_never_does(pattern, why):
+    offenders = [f"{p.relative_to(ROOT)}:{n}" for p in SOURCES for n, line in enumerate(p.read_text().splitlines(), 1)
+                 if re.search(pattern, line) and not line.lstrip().startswith("#")]
+    assert not offenders, f"{why}: {offenders}"
+
+
+@pytest.mark.parametrize("name, message", [
+    ("", "empty"),
+    ("   ", "empty"),
+    ("a/b", "path separator"),
+    ("a\\b", "path separator"),
+    ("..", "'..'"),
+    ("x..y", "'..'"),
+    ("bad\x00name", "NUL"),
+    ("CON", "reserved"),
+    ("lpt1.safetensors", "reserved"),
+    ("x" * 300, "characters long"),
+    ("what?", "not allowed"),
+    (".hidden", "start or end with a dot"),
+])
+def test_bad_names_are_refused(tmp_path, name, message):
+    with pytest.raises(OutputPathError, match=message):
+        inside(tmp_path, name, "LoRA name", ".safetensors")
+
+
+def test_good_names_stay_inside(tmp_path):
+    assert inside(tmp_path, "my_lora", suffix=".safetensors") == (tmp_path / "my_lora.safetensors").resolve()
+    assert inside(tmp_path, "my_lora.safetensors", suffix=".safetensors") == (tmp_path / "my_lora.safetensors").resolve()
+    assert check_file_name("  pokemon lora v2 ") == "pokemon lora v2"
+
+
+def test_symlink_escape_is_refused(tmp_path):
+    (tmp_path / "root").mkdir()
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "root" / "link.safetensors").symlink_to(tmp_path / "outside" / "x.safetensors")
+    with pytest.raises(OutputPathError, match="would leave"):
+        inside(tmp_path / "root", "link", suffix=".safetensors")
