@@ -58,17 +58,18 @@ def load_hf_dataset(
         if not os.access(path, os.R_OK):
             raise DatasetError(f"Dataset path {path} is not readable by this process; check its permissions.")
         if path.is_dir() and ((path / "state.json").is_file() or (path / "dataset_dict.json").is_file()):
-            table, name = _load_saved(path, split), f"{path} (save_to_disk)"
+            (table, split_name), kind = _load_saved(path, split), "hf save_to_disk"
         elif path.is_dir() and any((path / m).is_file() for m in METADATA_FILES):
             return _imagefolder(path, caption_column, max_samples, allow_uncaptioned)
         else:
-            table, name = _load_files(path, split, cache_dir), str(path)
-        origin = "local"
+            (table, split_name), kind = _load_files(path, split, cache_dir), "hf files"
+        name = str(path)
     elif _looks_like_path(text) or not HUB_ID.match(text):
         raise DatasetError(f"Dataset {text} is neither an existing folder nor a Hugging Face hub id (owner/name).")
     else:
-        table, name, origin = _load_hub(text, split, cache_dir), text, "hub"
-    return _from_table(table, name, origin, image_column, caption_column, max_samples, allow_uncaptioned)
+        (table, split_name), name, kind = _load_hub(text, split, cache_dir), text, "hf hub"
+    layout = f"{kind}, split {split_name}" if split_name else kind
+    return _from_table(table, name, layout, image_column, caption_column, max_samples, allow_uncaptioned)
 
 
 def _looks_like_path(text: str) -> bool:
@@ -76,15 +77,16 @@ def _looks_like_path(text: str) -> bool:
 
 
 def _choose_split(splits: dict, split: str | None, where: str):
+    """(table, split name): the requested split, else train, else the only one."""
     names = list(splits)
     if split:
         if split not in splits:
             raise DatasetError(f"Split {split!r} is not in {where}; its splits are: {', '.join(names)}.")
-        return splits[split]
+        return splits[split], split
     if "train" in splits:
-        return splits["train"]
+        return splits["train"], "train"
     if len(names) == 1:
-        return splits[names[0]]
+        return splits[names[0]], names[0]
     raise DatasetError(f"{where} has splits {', '.join(names)} and none is called train; choose one.")
 
 
@@ -99,7 +101,7 @@ def _load_saved(path: Path, split: str | None):
         return _choose_split(loaded, split, str(path))
     if split and loaded.split is not None and str(loaded.split) != split:
         raise DatasetError(f"Split {split!r} is not in {path}; it holds the {loaded.split} split only.")
-    return loaded
+    return loaded, str(loaded.split) if loaded.split is not None else None
 
 
 def _load_files(path: Path, split: str | None, cache_dir):
@@ -193,7 +195,7 @@ def _image_column(table, requested: str | None) -> str:
     raise DatasetError(f"The dataset has no image column (an Image feature); its columns are: {', '.join(columns)}; name the image column.")
 
 
-def _from_table(table, name: str, origin: str, image_column, caption_column, max_samples, allow_uncaptioned) -> ImageCaptionDataset:
+def _from_table(table, name: str, layout: str, image_column, caption_column, max_samples, allow_uncaptioned) -> ImageCaptionDataset:
     import datasets
 
     image_name = _image_column(table, image_column)
@@ -227,7 +229,7 @@ def _from_table(table, name: str, origin: str, image_column, caption_column, max
             f"{len(missing)} row(s) of {name} have an empty {text_name!r} caption (rows {', '.join(map(str, missing[:5]))}"
             f"{' ...' if len(missing) > 5 else ''}); caption them with the Captioner or pick another caption column."
         )
-    group = name.rstrip("/\\").split("/")[-1].split("\\")[-1].replace(" (save_to_disk)", "") or "dataset"
+    group = name.rstrip("/\\").replace("\\", "/").split("/")[-1] or "dataset"
     width = max(6, len(str(len(table) - 1)))
     entries = [
         Entry(
@@ -245,7 +247,6 @@ def _from_table(table, name: str, origin: str, image_column, caption_column, max
         notes.append(f"first {len(table)} of {total_rows} rows")
     if missing:
         notes.append(f"{len(missing)} image(s) have no caption")
-    layout = f"hf-{origin}, split {table.split}" if table.split is not None else f"hf-{origin}"
     return ImageCaptionDataset(
         entries=entries, source=name, layout=layout, content_hash=digest.hexdigest()[:16], notes=notes,
         caption_count=len(entries) - len(missing),
