@@ -58,6 +58,79 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str,
     group.add_argument("--device", default=None, help="torch device (default: the best available)")
 
 
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """Where the images come from, how captions are varied, and aspect-ratio buckets."""
+    source = parser.add_argument_group("data (one of --data or --hf-dataset)")
+    which = source.add_mutually_exclusive_group(required=True)
+    which.add_argument("--data", help="dataset folder: image/ + text/, sidecar .txt files, kohya 10_name folders, or metadata.jsonl/csv")
+    which.add_argument("--hf-dataset", metavar="ID_OR_PATH", help="Hugging Face hub id (from the local cache when offline), save_to_disk folder, or folder of parquet/arrow/jsonl/csv files")
+    source.add_argument("--layout", default="auto", choices=["auto", "image-text", "sidecar", "kohya", "imagefolder"], help="folder layout (default: detected)")
+    source.add_argument("--caption-extension", default=".txt", help="caption file extension for folders (default %(default)s)")
+    source.add_argument("--repeats", type=int, default=1, help="times each image is seen per epoch (multiplies kohya folder repeats)")
+    source.add_argument("--split", default=None, help="HF split (default: train, or the only one)")
+    source.add_argument("--image-column", default=None, help="HF image column (default: the first Image feature)")
+    source.add_argument("--caption-column", default=None, help="HF or metadata caption column (default: text, caption, captions, en_text, prompt, ...)")
+    source.add_argument("--max-samples", type=int, default=None, help="use only the first N rows of an HF dataset")
+    captions = parser.add_argument_group("captions")
+    captions.add_argument("--trigger", default="", help="trigger word put first in every caption")
+    captions.add_argument("--caption-dropout", type=float, default=0.0, help="probability that a caption is replaced by the empty one")
+    captions.add_argument("--shuffle-tags", action="store_true", help="shuffle comma-separated tags each time a caption is used")
+    captions.add_argument("--keep-tokens", type=int, default=0, help="leading tags that stay in place when shuffling (the trigger counts)")
+    captions.add_argument("--tag-dropout", type=float, default=0.0, help="probability that each tag after the kept ones is dropped")
+    buckets = parser.add_argument_group("aspect-ratio buckets")
+    buckets.add_argument("--bucket", action="store_true", help="train each image near its own aspect ratio (batches drawn from one bucket)")
+    buckets.add_argument("--max-area", type=int, default=0, help="bucket area limit in px (default: resolution squared)")
+    buckets.add_argument("--no-upscale", action="store_true", help="never enlarge an image to fit a bucket")
+
+
+def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """TrainSettings fields from the data flags (absent on `demo`: the defaults)."""
+    from .augment import split_tags
+
+    keep_tokens = getattr(args, "keep_tokens", 0)
+    if getattr(args, "trigger", "") and getattr(args, "shuffle_tags", False):
+        keep_tokens = max(keep_tokens, len(split_tags(args.trigger)))  # the trigger never moves
+    return {
+        "caption_dropout": getattr(args, "caption_dropout", 0.0),
+        "shuffle_tags": getattr(args, "shuffle_tags", False),
+        "keep_tokens": keep_tokens,
+        "tag_dropout": getattr(args, "tag_dropout", 0.0),
+        "bucket": getattr(args, "bucket", False),
+        "max_area": getattr(args, "max_area", 0),
+        "no_upscale": getattr(args, "no_upscale", False),
+    }
+
+
+def load_dataset_from_args(args: argparse.Namespace):
+    """The dataset the data flags describe, trigger word added."""
+    from .captioning import caption_dataset
+    from .dataset import load_folder_dataset
+    from .errors import DatasetError
+    from .hf_dataset import load_hf_dataset
+
+    if args.hf_dataset is not None:
+        if args.layout != "auto" or args.caption_extension != ".txt":
+            raise DatasetError("--layout and --caption-extension are for --data folders; --hf-dataset reads columns.")
+        dataset = load_hf_dataset(
+            args.hf_dataset, split=args.split, image_column=args.image_column, caption_column=args.caption_column,
+            max_samples=args.max_samples,
+        )
+        if args.repeats != 1:
+            from dataclasses import replace
+
+            dataset.entries = [replace(entry, repeats=args.repeats) for entry in dataset.entries]
+    else:
+        if args.split or args.image_column or args.max_samples:
+            raise DatasetError("--split, --image-column and --max-samples are for --hf-dataset; --data reads a folder.")
+        dataset = load_folder_dataset(
+            args.data, layout=args.layout, repeats=args.repeats, caption_extension=args.caption_extension,
+            caption_column=args.caption_column, resolution=args.resolution,
+        )
+    if args.trigger.strip():
+        dataset = caption_dataset(dataset, "keep", trigger=args.trigger)
+    return dataset
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m core", description="Train Stable Diffusion 1.x LoRAs offline.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -67,15 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a LoRA on your base model and images")
     train.add_argument("--base", required=True, help="SD1.x checkpoint (.safetensors, LDM layout) or diffusers folder")
     train.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder (vocab.json + merges.txt); diffusers folders bring their own")
-    train.add_argument("--data", required=True, help="dataset folder (image/ + text/, or images with .txt sidecars)")
-    train.add_argument("--layout", default="auto", choices=["auto", "image-text", "sidecar"])
-    train.add_argument("--repeats", type=int, default=1)
     train.add_argument("--output", required=True, help="where to write the LoRA (.safetensors)")
+    _add_data_arguments(train)
     _add_training_arguments(train, {})
     return parser
 
 
 def _settings_from(args: argparse.Namespace, output_name: str):
+    from dataclasses import replace
+
     from .lora import LoRASettings
     from .training import TrainSettings
 
@@ -101,6 +174,7 @@ def _settings_from(args: argparse.Namespace, output_name: str):
         cache_text=not args.no_cache,
         output_name=output_name,
     )
+    settings = replace(settings, **_data_settings(args))
     return lora_settings, settings
 
 
@@ -164,11 +238,10 @@ def run_demo(args) -> dict[str, Any]:
 
 
 def run_train(args) -> dict[str, Any]:
-    from .dataset import load_folder_dataset
     from .model_loading import load_base_model
 
     output = _check_output(Path(args.output))
-    dataset = load_folder_dataset(args.data, layout=args.layout, repeats=args.repeats)
+    dataset = load_dataset_from_args(args)
     base = load_base_model(args.base, args.tokenizer, dtype=_load_dtype(args))
     return _run_training(args, base, dataset, output)
 

@@ -25,3 +25,17 @@ def pil_to_tensor(image) -> torch.Tensor:
 
     array = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
     return array.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def resize_to_cover(image, width: int, height: int):
+    """Resize (LANCZOS, aspect kept) to the smallest size that covers width x height."""
+    from PIL import Image
+
+    scale = max(width / image.width, height / image.height)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
+
+
+def center_crop_to(image, width: int, height: int):
+    left, top = (image.width - width) // 2, (image.height - height) // 2
+    return image.crop((left, top, left + width, top + height))

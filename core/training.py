@@ -21,21 +21,34 @@ from typing import Any
 
 import torch
 
+from . import buckets as buckets_lib
 from . import checkpoints
 from . import lora as lora_lib
-from .dataset import ImageCaptionDataset
+from .augment import CaptionAugmentation
+from .dataset import ImageCaptionDataset, image_size
 from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, torch_dtype
 from .errors import SettingsError, TrainerError
 from .losses import denoising_loss, training_target
 from .model_loading import BaseModel, materialize
 from .optim import LR_SCHEDULERS, make_optimizer
-from .preprocess import center_crop, pil_to_tensor, resize_for_training
+from .preprocess import center_crop, center_crop_to, pil_to_tensor, resize_for_training, resize_to_cover
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
 
 CROP_MODES = ("center", "random")
 EVAL_IMAGES = 8
 EVAL_DRAWS = 4
 EVAL_SEED = 20240611
+MAX_TEXT_VARIANTS = 256  # augmented-caption embeddings kept for reuse (SD1.x: 236 KB each in fp32)
+
+
+class BatchIndices(list):
+    """Entry indices of one micro-batch, with the (step, micro) draw it belongs to.
+
+    The draw seeds caption augmentation; evaluation passes plain lists, so it always
+    sees the stored captions.
+    """
+
+    draw: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -53,10 +66,35 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     crop: str = "center"
     random_flip: bool = True
+    # Data options (see core/augment.py and core/buckets.py); defaults change nothing.
+    caption_dropout: float = 0.0
+    shuffle_tags: bool = False
+    keep_tokens: int = 0
+    tag_dropout: float = 0.0
+    bucket: bool = False
+    max_area: int = 0  # bucket area limit in px; 0 = resolution squared
+    no_upscale: bool = False
     save_every: int = 0
     cache_latents: bool = True
     cache_text: bool = True
     output_name: str = "lora"
+
+    @property
+    def caption_augmentation(self) -> CaptionAugmentation:
+        return CaptionAugmentation(self.caption_dropout, self.shuffle_tags, self.keep_tokens, self.tag_dropout)
+
+    @property
+    def bucket_area(self) -> int:
+        return self.max_area or self.resolution * self.resolution
+
+    def _validate_data(self) -> None:
+        self.caption_augmentation.validate()
+        if not isinstance(self.max_area, int) or self.max_area < 0:
+            raise SettingsError(f"Bucket max area must be 0 (resolution squared) or a pixel count, got {self.max_area}.")
+        if self.max_area and not buckets_lib.BUCKET_STEP ** 2 <= self.max_area <= 4096 * 4096:
+            raise SettingsError(f"Bucket max area {self.max_area} px is outside 64x64 to 4096x4096.")
+        if (self.no_upscale or self.max_area) and not self.bucket:
+            raise SettingsError("No-upscale and max area apply to aspect-ratio buckets; turn bucketing on.")
 
     def validate(self, dataset_size: int | None = None) -> None:
         checks = [
@@ -75,6 +113,7 @@ class TrainSettings:
         for ok, message in checks:
             if not ok:
                 raise SettingsError(message)
+        self._validate_data()
         if dataset_size is not None and self.batch_size > dataset_size:
             raise SettingsError(
                 f"Batch size {self.batch_size} is larger than the dataset ({dataset_size} images with repeats); "
@@ -229,10 +268,34 @@ class Trainer:
 
     def _prepared_pixels(self, entry_index: int) -> torch.Tensor:
         image = self.dataset.entries[entry_index].open_image()
+        if self.settings.bucket:
+            width, height = self._bucket_of(entry_index)
+            image = resize_to_cover(image, width, height)
+            if self.settings.crop == "center":
+                image = center_crop_to(image, width, height)
+            return pil_to_tensor(image)
         image = resize_for_training(image, self.settings.resolution)
         if self.settings.crop == "center":
             image = center_crop(image, self.settings.resolution)
         return pil_to_tensor(image)
+
+    def _bucket_of(self, entry_index: int) -> tuple[int, int]:
+        """(width, height) in px the entry trains at: its bucket, or the square resolution."""
+        if not self.settings.bucket:
+            return (self.settings.resolution, self.settings.resolution)
+        if getattr(self, "_entry_buckets", None) is None:
+            grid = buckets_lib.bucket_grid(self.settings.bucket_area)
+            self._entry_buckets = [
+                buckets_lib.assign_bucket(image_size(entry), grid, self.settings.no_upscale) for entry in self.dataset.entries
+            ]
+        return self._entry_buckets[entry_index]
+
+    def bucket_counts(self) -> dict[tuple[int, int], int]:
+        """Images per bucket (repeats not counted)."""
+        counts: dict[tuple[int, int], int] = {}
+        for index in range(len(self.dataset)):
+            counts[self._bucket_of(index)] = counts.get(self._bucket_of(index), 0) + 1
+        return counts
 
     def _build_latent_cache(self) -> None:
         """Encode each image once; with random flip, the mirrored image too (encoded, not mirrored latents)."""
@@ -249,8 +312,17 @@ class Trainer:
                     break
 
     def _build_text_cache(self) -> None:
-        captions = sorted({entry.caption for entry in self.dataset.entries})
+        """Encode every stored caption once (and the empty one when captions can drop out).
+
+        Augmented variants are encoded when first drawn and kept in the same cache,
+        at most MAX_TEXT_VARIANTS of them (see _batch_text).
+        """
+        captions = {entry.caption for entry in self.dataset.entries}
+        if self.settings.caption_dropout > 0:
+            captions.add("")
+        captions = sorted(captions)
         self.text_cache: dict[str, torch.Tensor] = {}
+        self._text_variants: list[str] = []
         self.base.text_encoder.to(self.device)
         with torch.no_grad(), self._timed("text_cache"):
             for start in range(0, len(captions), 32):
@@ -266,21 +338,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
 
+    def _bucket_batches(self, epoch: int) -> list[list[int]]:
+        """The epoch's batches (pool positions), each from one bucket, memoised like _permutation."""
+        cache = getattr(self, "_bucket_batch_cache", {})
+        if epoch not in cache:
+            pool_buckets = [self._bucket_of(index) for index in self.pool]
+            seed = self.settings.seed
+            self._bucket_batch_cache = cache = {
+                epoch: buckets_lib.epoch_batches(pool_buckets, self.settings.batch_size, lambda *parts: generator(seed, epoch, 7, *parts))
+            }
+        return cache[epoch]
+
     def _permutation(self, epoch: int) -> torch.Tensor:
         if epoch not in self._permutations:
             self._permutations = {epoch: torch.randperm(len(self.pool), generator=generator(self.settings.seed, epoch, 7))}
         return self._permutations[epoch]
 
     def _batch_indices(self, step: int, micro: int) -> list[int]:
-        first = (step * self.settings.grad_accum + micro) * self.settings.batch_size
-        positions = range(first, first + self.settings.batch_size)
-        return [self.pool[int(self._permutation(p // len(self.pool))[p % len(self.pool)])] for p in positions]
+        if self.settings.bucket:
+            number = step * self.settings.grad_accum + micro
+            per_epoch = buckets_lib.batches_per_epoch([self._bucket_of(i) for i in self.pool], self.settings.batch_size)
+            indices = BatchIndices(self.pool[p] for p in self._bucket_batches(number // per_epoch)[number % per_epoch])
+        else:
+            first = (step * self.settings.grad_accum + micro) * self.settings.batch_size
+            positions = range(first, first + self.settings.batch_size)
+            indices = BatchIndices(self.pool[int(self._permutation(p // len(self.pool))[p % len(self.pool)])] for p in positions)
+        indices.draw = (step, micro)
+        return indices
 
     def _batch_latents(self, indices: list[int], rng: torch.Generator) -> torch.Tensor:
         flips = torch.rand(len(indices), generator=rng) < 0.5
-        latent_size = self.settings.resolution // self.base.vae_scale_factor
         batch = []
         for index, flip in zip(indices, flips.tolist()):
+            width, height = self._bucket_of(index)
+            latent_height, latent_width = height // self.base.vae_scale_factor, width // self.base.vae_scale_factor
             use_flip = flip and self.settings.random_flip
             if self.settings.cache_latents:
                 latent = self.latents[index][1 if use_flip else 0]
@@ -290,17 +381,57 @@ class Trainer:
                     latent = self._encode_images(pixels.flip(-1) if use_flip else pixels, index * 2 + int(use_flip))[0]
             # Random crop happens on the latent grid (8 px steps) so the cached latent stays valid.
             height, width = latent.shape[-2:]
-            top = int(torch.randint(0, height - latent_size + 1, (1,), generator=rng))
-            left = int(torch.randint(0, width - latent_size + 1, (1,), generator=rng))
-            batch.append(latent[:, top:top + latent_size, left:left + latent_size])
+            top = int(torch.randint(0, height - latent_height + 1, (1,), generator=rng))
+            left = int(torch.randint(0, width - latent_width + 1, (1,), generator=rng))
+            batch.append(latent[:, top:top + latent_height, left:left + latent_width])
         return torch.stack(batch).to(self.device)
 
     def _batch_text(self, indices: list[int], text_encoder) -> torch.Tensor:
         captions = [self.dataset.entries[i].caption for i in indices]
+        augmentation = self.settings.caption_augmentation
+        draw = getattr(indices, "draw", None)
+        if draw is not None and augmentation.active:
+            # A generator of its own, so turning augmentation on leaves flips, crops and noise as they were.
+            rng = generator(self.settings.seed, draw[0], draw[1], 17)
+            captions = [augmentation.apply(caption, rng) for caption in captions]
         if self.train_text_encoder or not self.settings.cache_text:
             with torch.no_grad() if not self.train_text_encoder else nullcontext():
                 return self._encode_text(text_encoder, captions).float()
+        missing = sorted({c for c in captions if c not in self.text_cache})
+        if missing:
+            # An augmented variant: the frozen encoder maps a string to one embedding, so encoding it
+            # now and keeping it is exact. The encoder stays on the accelerator for these.
+            text_encoder.to(self.device)
+            with torch.no_grad():
+                for caption, embedding in zip(missing, self._encode_text(text_encoder, missing)):
+                    self.text_cache[caption] = embedding.float()
+                    self._text_variants.append(caption)
+            while len(self._text_variants) > MAX_TEXT_VARIANTS:
+                self.text_cache.pop(self._text_variants.pop(0), None)
         return torch.stack([self.text_cache[c] for c in captions])
+
+    def _data_metadata(self) -> dict[str, Any]:
+        """kohya's dataset metadata: folders with repeats, tag counts, augmentation and buckets."""
+        settings = self.settings
+        metadata: dict[str, Any] = {
+            "ss_dataset_dirs": self.dataset.dataset_dirs(),
+            "ss_tag_frequency": self.dataset.tag_frequency_by_dir(),
+            "ss_caption_dropout_rate": f"{settings.caption_dropout:g}",
+            "ss_caption_tag_dropout_rate": f"{settings.tag_dropout:g}",
+            "ss_shuffle_caption": str(settings.shuffle_tags),
+            "ss_keep_tokens": str(settings.keep_tokens),
+            "ss_enable_bucket": str(settings.bucket),
+        }
+        if settings.bucket:
+            counts = self.bucket_counts()
+            metadata["ss_bucket_no_upscale"] = str(settings.no_upscale)
+            metadata["ss_bucket_info"] = {
+                "buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(counts.items()))},
+                "mean_img_ar_error": statistics.fmean(
+                    abs(w / h - b[0] / b[1]) for (w, h), b in ((image_size(e), self._bucket_of(i)) for i, e in enumerate(self.dataset.entries))
+                ),
+            }
+        return metadata
 
     # ------------------------------------------------------------------ loss
 
@@ -400,8 +531,7 @@ class Trainer:
             "ss_optimizer": "torch.optim.AdamW",
             "ss_prediction_type": self.base.prediction_type,
             "ss_num_train_images": str(self.dataset.num_samples),
-            "ss_dataset_dirs": {os.path.basename(self.dataset.source.rstrip("/\\")) or "dataset": {"n_repeats": self.dataset.entries[0].repeats, "img_count": len(self.dataset)}},
-            "ss_tag_frequency": {"dataset": self.dataset.tag_frequency()},
+            **self._data_metadata(),
             "ss_dataset_hash": self.dataset.content_hash,
             "ss_sd_model_name": os.path.basename(self.base.source),
             "ss_training_started_at": self.started_at,
@@ -463,8 +593,8 @@ class Trainer:
                 self._build_text_cache()
             if settings.cache_latents:
                 self._offload(self.base.vae)
-            if not self.train_text_encoder and settings.cache_text:
-                self._offload(self.base.text_encoder)
+            if not self.train_text_encoder and settings.cache_text and not settings.caption_augmentation.active:
+                self._offload(self.base.text_encoder)  # augmented captions still need it for new variants
             if not settings.cache_text and not self.train_text_encoder:
                 self.base.text_encoder.to(self.device)
             if not settings.cache_latents:
