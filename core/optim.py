@@ -62,22 +62,27 @@ def optimizer_class_name(name: str) -> str:
 
 
 def build_optimizer(name: str, groups: list[dict], device: torch.device) -> torch.optim.Optimizer:
-    """One optimizer over parameter groups that each carry their own ``lr``."""
+    """One optimizer over parameter groups that each carry their own ``lr``.
+
+    The first group's rate is also the optimizer's default ``lr``: diffusers'
+    polynomial schedule reads ``optimizer.defaults["lr"]`` as the peak.
+    """
     check_optimizer(name)
+    lr = groups[0]["lr"]
     if name == "adamw":
         return torch.optim.AdamW(
-            groups, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY, eps=1e-8,
+            groups, lr=lr, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY, eps=1e-8,
             fused=True if device.type == "cuda" else None,
         )
     if name == "adamw8bit":
         import bitsandbytes
 
-        return bitsandbytes.optim.AdamW8bit(groups, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY, eps=1e-8)
+        return bitsandbytes.optim.AdamW8bit(groups, lr=lr, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY, eps=1e-8)
     if name == "adafactor":
         from transformers.optimization import Adafactor
 
         # An explicit learning rate (kohya's recommended setting): the schedule stays ours, not Adafactor's.
-        return Adafactor(groups, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=0.0)
+        return Adafactor(groups, lr=lr, scale_parameter=False, relative_step=False, warmup_init=False, weight_decay=0.0)
     from prodigyopt import Prodigy
 
     if any(group["lr"] < 0.1 for group in groups):
@@ -87,7 +92,7 @@ def build_optimizer(name: str, groups: list[dict], device: torch.device) -> torc
         )
 
     # Prodigy estimates the step size itself; lr is a multiplier (1.0 is its intended value).
-    return Prodigy(groups, weight_decay=WEIGHT_DECAY, safeguard_warmup=True, use_bias_correction=True)
+    return Prodigy(groups, lr=lr, weight_decay=WEIGHT_DECAY, safeguard_warmup=True, use_bias_correction=True)
 
 
 def make_optimizer(parameter_groups, settings, device: torch.device, dtype: torch.dtype):

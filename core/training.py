@@ -677,17 +677,17 @@ class Trainer:
                 if problem:
                     bad_in_row += 1
                     self._skip_step(step, problem, bad_in_row)
-                    continue
-                bad_in_row = 0
-                self.loss_history.append(loss_value)
-                self.lr_history.append(self.lr_scheduler.get_last_lr()[0])
-                smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
-                recent = step_times[-20:]
-                per_step = sum(recent) / len(recent)
-                self.progress(ProgressEvent(
-                    "train", step, settings.steps, loss=loss_value, smoothed_loss=smoothed,
-                    lr=self.lr_history[-1], seconds_per_step=per_step, eta_seconds=per_step * (settings.steps - step),
-                ))
+                else:
+                    bad_in_row = 0
+                    self.loss_history.append(loss_value)
+                    self.lr_history.append(self.lr_scheduler.get_last_lr()[0])
+                    smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
+                    recent = step_times[-20:]
+                    per_step = sum(recent) / len(recent)
+                    self.progress(ProgressEvent(
+                        "train", step, settings.steps, loss=loss_value, smoothed_loss=smoothed,
+                        lr=self.lr_history[-1], seconds_per_step=per_step, eta_seconds=per_step * (settings.steps - step),
+                    ))
                 if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
                     self.save_checkpoint(step)
                 if settings.sample_every and step % settings.sample_every == 0:

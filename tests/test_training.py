@@ -127,17 +127,25 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(base_model, dataset, t
     lora_settings = LoRASettings(rank=4, dropout=0.1)
     reference = train(base_model, dataset, lora_settings, settings)
 
-    checkpoint_dir = tmp_path / "ck"
-    stop = StopAtStep(3)
-    first = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, progress=stop, should_stop=stop.should_stop)
-    assert first.interrupted and first.steps == 3
-    resumed = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, resume_from=checkpoint_dir)
-    assert resumed.resumed_from_step == 3 and resumed.steps == 7
-    assert len(resumed.loss_history) == 7
-    assert resumed.loss_history[:3] == first.loss_history
-    for key, value in reference.lora.tensors.items():
-        assert (resumed.lora.tensors[key] - value).abs().max() <= 1e-6, key
-    assert resumed.loss_history == pytest.approx(reference.loss_history, abs=1e-6)
+    for stop_at in (2, 5):  # inside the warm-up and after it
+        checkpoint_dir = tmp_path / f"ck{stop_at}"
+        stop = StopAtStep(stop_at)
+        first = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, progress=stop, should_stop=stop.should_stop)
+        assert first.interrupted and first.steps == stop_at
+        steps_seen = []
+        resumed = train(
+            base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, resume_from=checkpoint_dir,
+            progress=lambda event: steps_seen.append(event.step) if event.phase == "train" else None,
+        )
+        assert resumed.resumed_from_step == stop_at and resumed.steps == 7
+        assert steps_seen == list(range(stop_at + 1, 8)), "the step counter continues from k, neither reset nor double-counted"
+        assert len(resumed.loss_history) == 7 and len(resumed.lr_history) == 7
+        assert resumed.loss_history[:stop_at] == first.loss_history
+        assert resumed.lr_history == pytest.approx(reference.lr_history, abs=1e-12), "the schedule continues from k"
+        for key, value in reference.lora.tensors.items():
+            assert (resumed.lora.tensors[key] - value).abs().max() <= 1e-6, (stop_at, key)
+        assert resumed.loss_history == pytest.approx(reference.loss_history, abs=1e-6)
+        assert resumed.lora.metadata["ss_steps"] == "7"
 
 
 def test_resume_with_other_rank_is_refused(base_model, dataset, tmp_path):
