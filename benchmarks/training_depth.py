@@ -54,7 +54,7 @@ def main() -> None:
     tokenizer_dir = write_clip_sized_tokenizer(workdir / "tokenizer")
     data_dir = workdir / "data"
     if not data_dir.exists():
-        tiny.write_synthetic_dataset(data_dir, count=4, size=args.resolution)
+        tiny.write_synthetic_dataset(data_dir, count=2, size=args.resolution)
     started = time.perf_counter()
     base = tiny.build_base_model(tokenizer_dir, full_size=True)
     print(json.dumps({"built_seconds": round(time.perf_counter() - started, 1), "torch_threads": torch.get_num_threads(),
