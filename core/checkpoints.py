@@ -23,8 +23,11 @@ from . import lora as lora_lib
 from .errors import TrainerError
 
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
-# Settings that change what a step means; a resume must keep them.
-RESUME_INVARIANTS = ("resolution", "batch_size", "grad_accum", "seed", "crop", "random_flip")
+# Settings that change what a step means, or what the optimizer state is; a resume must keep them.
+# Learning rates, schedule, total steps, loss weighting and save/sample intervals may change.
+RESUME_INVARIANTS = ("resolution", "batch_size", "grad_accum", "seed", "crop", "random_flip", "optimizer")
+# Values a checkpoint written before a setting existed implicitly had.
+DEFAULTS_BEFORE = {"optimizer": "adamw", "conv_rank": None, "conv_alpha": None, "use_dora": False}
 
 
 def find_checkpoints(folder: Path) -> list[Path]:
@@ -56,15 +59,20 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], folder: Pat
     """Refuse a resume whose adapters, data, base or step meaning differ from this run's."""
     differences = []
     saved_lora, current_lora = saved.get("lora", {}), current["lora"]
-    differences += [f"LoRA {k} {saved_lora.get(k)!r} vs {current_lora[k]!r}" for k in current_lora if saved_lora.get(k) != current_lora[k]]
+    differences += [
+        f"LoRA {k} {saved_lora.get(k, DEFAULTS_BEFORE.get(k))!r} vs {current_lora[k]!r}"
+        for k in current_lora if saved_lora.get(k, DEFAULTS_BEFORE.get(k)) != current_lora[k]
+    ]
     if saved.get("dataset_hash") != current["dataset_hash"]:
         differences.append("the dataset (its images or captions changed)")
     if saved.get("base_hash") != current["base_hash"]:
         differences.append(f"the base model ({saved.get('base_source')} vs {current['base_source']})")
+    if saved.get("prediction_type", current.get("prediction_type")) != current.get("prediction_type"):
+        differences.append(f"the prediction target ({saved.get('prediction_type')} vs {current.get('prediction_type')})")
     saved_settings = saved.get("settings", {})
     differences += [
-        f"{key} {saved_settings.get(key)!r} vs {current['settings'][key]!r}"
-        for key in RESUME_INVARIANTS if saved_settings.get(key) != current["settings"][key]
+        f"{key} {saved_settings.get(key, DEFAULTS_BEFORE.get(key))!r} vs {current['settings'][key]!r}"
+        for key in RESUME_INVARIANTS if saved_settings.get(key, DEFAULTS_BEFORE.get(key)) != current["settings"][key]
     ]
     if differences:
         raise TrainerError(
@@ -91,6 +99,19 @@ def write_checkpoint(folder: Path, step: int, weights: lora_lib.LoRAWeights, tra
         shutil.rmtree(staging, ignore_errors=True)
         raise TrainerError(f"Could not write checkpoint {final}: {error.strerror or error}; check free space and permissions.") from None
     return final
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+
+
+def prune_checkpoints(folder: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints; returns the removed folders."""
+    existing = find_checkpoints(folder)
+    removed = existing[:-keep_last] if keep_last > 0 else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def read_checkpoint(folder: Path) -> tuple[dict[str, Any], lora_lib.LoRAWeights, dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import TrainerError
+from .optim import LR_SCHEDULERS
 
 DEMO_DEFAULTS = {"steps": 150, "rank": 8, "lr": 1e-3, "resolution": 64, "batch_size": 2}
 
@@ -37,10 +38,10 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str,
     group.add_argument("--rank", type=int, default=defaults.get("rank", 4), help="LoRA rank (default %(default)s)")
     group.add_argument("--alpha", type=float, default=None, help="LoRA alpha (default: equal to the rank)")
     group.add_argument("--dropout", type=float, default=0.0, help="LoRA dropout (default 0)")
-    group.add_argument("--targets", default="kohya", choices=["attention", "kohya"], help="UNet modules that get adapters (default %(default)s: attention, feed-forward and projections, as kohya)")
+    group.add_argument("--targets", default="kohya", help="UNet modules that get adapters: attention, kohya (default: attention, feed-forward and projections), kohya+conv (LoCon: also ResNet and down/upsampler convs) or a regular expression over diffusers module names")
     group.add_argument("--train-text-encoder", action="store_true", help="also train a LoRA on the CLIP text encoder")
     group.add_argument("--lr", type=float, default=defaults.get("lr", 1e-4), help="learning rate (default %(default)s)")
-    group.add_argument("--lr-scheduler", default="cosine", choices=["constant", "constant_with_warmup", "cosine", "linear"])
+    group.add_argument("--lr-scheduler", "--scheduler", dest="lr_scheduler", default="cosine", choices=list(LR_SCHEDULERS), help="learning-rate schedule (diffusers get_scheduler; default %(default)s)")
     group.add_argument("--warmup-steps", type=int, default=0)
     group.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 turns clipping off")
     group.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 1))
@@ -56,6 +57,54 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str,
     group.add_argument("--checkpoint-dir", default=None, help="folder for resumable checkpoints")
     group.add_argument("--resume", default=None, help="a checkpoint folder, or a --checkpoint-dir to take the newest one from")
     group.add_argument("--device", default=None, help="torch device (default: the best available)")
+    _add_depth_arguments(parser)
+
+
+def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
+    """Optimizer, loss, adapter-type, resume and preview options (core/optim.py, losses.py, lora.py, sampling.py)."""
+    from .losses import LOSSES, PREDICTIONS
+    from .optim import OPTIMIZERS
+
+    group = parser.add_argument_group("optimizer, loss, adapters, continuing and previews")
+    group.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS), help="adamw (fused on CUDA), adamw8bit (needs bitsandbytes), adafactor, prodigy (needs prodigyopt; use --lr 1)")
+    group.add_argument("--te-lr", type=float, default=None, help="text-encoder learning rate (default: --lr); turns text-encoder training on")
+    group.add_argument("--warmup", dest="warmup_steps", type=float, default=0, help="warm-up in steps, or as a fraction of the run when below 1.0 (e.g. 0.05)")
+    group.add_argument("--lr-cycles", type=int, default=1, help="restarts for cosine_with_restarts (default 1)")
+    group.add_argument("--prediction", default="auto", choices=list(PREDICTIONS), help="training target: auto (the base model's scheduler), epsilon or v")
+    group.add_argument("--loss", default="mse", choices=list(LOSSES), help="mse or huber (pseudo-Huber, kohya's)")
+    group.add_argument("--huber-c", type=float, default=0.1, help="Huber parameter (default %(default)s)")
+    group.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR-gamma loss weighting; 5 is usual (default 0: off)")
+    group.add_argument("--noise-offset", type=float, default=0.0, help="noise offset, e.g. 0.05 (default 0: off)")
+    group.add_argument("--max-bad-steps", type=int, default=5, help="non-finite losses in a row before training stops (default %(default)s)")
+    group.add_argument("--te-rank", type=int, default=None, help="text-encoder LoRA rank (default: --rank); turns text-encoder training on")
+    group.add_argument("--conv-rank", type=int, default=None, help="rank of 3x3 conv adapters with --targets kohya+conv (default: --rank)")
+    group.add_argument("--conv-alpha", type=float, default=None, help="alpha of the conv adapters (default: the conv rank)")
+    group.add_argument("--dora", action="store_true", help="weight-decomposed LoRA (DoRA); saved with .dora_scale keys")
+    group.add_argument("--init-lora", default=None, help="continue from an existing LoRA file (ours or kohya-format); its ss_steps is where the step count starts")
+    group.add_argument("--keep-last", type=int, default=0, help="keep only the newest K checkpoints (default 0: keep all)")
+    group.add_argument("--sample-every", type=int, default=0, help="preview images every N steps, saved under the checkpoint folder")
+    group.add_argument("--sample-prompt", action="append", default=[], help="prompt for previews (repeat for several)")
+    group.add_argument("--sample-seed", type=int, default=0)
+    group.add_argument("--sample-steps", type=int, default=20, help="denoising steps per preview (Euler)")
+    group.add_argument("--sample-size", type=int, default=0, help="preview size in px (default: the training resolution)")
+    group.add_argument("--sample-guidance", type=float, default=7.5, help="classifier-free guidance of previews")
+
+
+def _depth_lora_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "train_text_encoder": args.train_text_encoder or args.te_rank is not None or args.te_lr is not None,
+        "text_encoder_rank": args.te_rank, "conv_rank": args.conv_rank, "conv_alpha": args.conv_alpha, "use_dora": args.dora,
+    }
+
+
+def _depth_train_options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "optimizer": args.optimizer, "text_encoder_learning_rate": args.te_lr, "lr_cycles": args.lr_cycles,
+        "prediction": args.prediction, "loss": args.loss, "huber_c": args.huber_c, "min_snr_gamma": args.min_snr_gamma,
+        "noise_offset": args.noise_offset, "max_bad_steps": args.max_bad_steps, "keep_last": args.keep_last,
+        "sample_every": args.sample_every, "sample_prompts": tuple(args.sample_prompt), "sample_seed": args.sample_seed,
+        "sample_steps": args.sample_steps, "sample_size": args.sample_size, "sample_guidance": args.sample_guidance,
+    }
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -152,9 +201,7 @@ def _settings_from(args: argparse.Namespace, output_name: str):
     from .lora import LoRASettings
     from .training import TrainSettings
 
-    lora_settings = LoRASettings(
-        rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=args.targets, train_text_encoder=args.train_text_encoder
-    )
+    lora_settings = LoRASettings(rank=args.rank, alpha=args.alpha, dropout=args.dropout, targets=args.targets, **_depth_lora_options(args))
     settings = TrainSettings(
         steps=args.steps,
         learning_rate=args.lr,
@@ -173,6 +220,7 @@ def _settings_from(args: argparse.Namespace, output_name: str):
         cache_latents=not args.no_cache,
         cache_text=not args.no_cache,
         output_name=output_name,
+        **_depth_train_options(args),
     )
     settings = replace(settings, **_data_settings(args))
     return lora_settings, settings
@@ -195,13 +243,13 @@ def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
 
     lora_settings, settings = _settings_from(args, output.stem)
     checkpoint_dir = args.checkpoint_dir
-    if args.save_every and not checkpoint_dir:
+    if (args.save_every or args.sample_every) and not checkpoint_dir:
         checkpoint_dir = str(output.with_name(output.stem + "_checkpoints"))
     print(f"base: {base!r}\ndata: {dataset.summary()}\nlora: {lora_settings!r}", file=sys.stderr)
     result = train(
         base, dataset, lora_settings, settings,
         device=args.device, progress=ConsolePrinter(), checkpoint_dir=checkpoint_dir, resume_from=args.resume,
-        release_frozen_models=True,
+        init_lora=args.init_lora, release_frozen_models=True,
     )
     save_lora_file(result.lora, output)
     print(f"saved {output}", file=sys.stderr)

@@ -26,6 +26,12 @@ UNET_TARGET_PRESETS = {
     "attention": r".*\.attn[12]\.(to_q|to_k|to_v|to_out\.0)",
     # kohya's SD1.5 default: every Linear and 1x1 conv inside the transformer blocks (192 modules).
     "kohya": r".*attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)))",
+    # kohya with conv_dim (LoCon): also every layer of the ResNet blocks (conv1/conv2 3x3,
+    # conv_shortcut 1x1, time_emb_proj) and the down/upsampler convs: 192 + 86 modules on SD1.5.
+    "kohya+conv": (
+        r".*attentions\.\d+\.(proj_in|proj_out|transformer_blocks\.\d+\.(attn[12]\.(to_q|to_k|to_v|to_out\.0)|ff\.net\.(0\.proj|2)))"
+        r"|.*resnets\.\d+\.(conv1|conv2|conv_shortcut|time_emb_proj)|.*(downsamplers|upsamplers)\.\d+\.conv"
+    ),
 }
 TEXT_ENCODER_TARGETS = r".*encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
 UNET_PREFIX = "lora_unet_"
@@ -40,6 +46,9 @@ class LoRASettings:
     targets: str = "kohya"
     train_text_encoder: bool = False
     text_encoder_rank: int | None = None
+    conv_rank: int | None = None  # rank of 3x3 conv adapters (LoCon); None means the LoRA rank
+    conv_alpha: float | None = None  # None means alpha = conv rank
+    use_dora: bool = False  # weight-decomposed LoRA (peft use_dora), saved with .dora_scale keys
 
     @property
     def effective_alpha(self) -> float:
@@ -49,6 +58,18 @@ class LoRASettings:
     def effective_te_rank(self) -> int:
         return self.text_encoder_rank or self.rank
 
+    @property
+    def effective_conv_rank(self) -> int:
+        return self.conv_rank or self.rank
+
+    @property
+    def effective_conv_alpha(self) -> float:
+        return float(self.effective_conv_rank if self.conv_alpha is None else self.conv_alpha)
+
+    @property
+    def effective_te_alpha(self) -> float:
+        return float(self.effective_te_rank if self.alpha is None else self.alpha)
+
     def validate(self) -> None:
         if not isinstance(self.rank, int) or self.rank < 1:
             raise SettingsError(f"LoRA rank must be a whole number of at least 1, got {self.rank}.")
@@ -56,37 +77,88 @@ class LoRASettings:
             raise SettingsError(f"LoRA alpha must be positive, got {self.alpha}.")
         if not 0.0 <= self.dropout < 1.0:
             raise SettingsError(f"LoRA dropout must be in [0, 1), got {self.dropout}.")
+        for name, value in (("Text-encoder rank", self.text_encoder_rank), ("Conv rank", self.conv_rank)):
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise SettingsError(f"{name} must be a whole number of at least 1, got {value}.")
+        if self.conv_alpha is not None and not (self.conv_alpha > 0):
+            raise SettingsError(f"Conv alpha must be positive, got {self.conv_alpha}.")
         target_pattern(self.targets)
 
     def __repr__(self) -> str:
         te = f", text encoder rank {self.effective_te_rank}" if self.train_text_encoder else ""
-        return f"LoRAConfig(rank {self.rank}, alpha {self.effective_alpha:g}, {self.targets} targets{te})"
+        conv = f", conv rank {self.effective_conv_rank}" if self.targets == "kohya+conv" or self.conv_rank else ""
+        dora = ", DoRA" if self.use_dora else ""
+        return f"LoRAConfig(rank {self.rank}, alpha {self.effective_alpha:g}, {self.targets} targets{conv}{te}{dora})"
 
 
 def target_pattern(targets: str) -> str:
+    """A preset name's pattern, or ``targets`` itself as a regular expression over diffusers module names."""
     if targets in UNET_TARGET_PRESETS:
         return UNET_TARGET_PRESETS[targets]
-    raise SettingsError(f"Unknown LoRA target preset {targets!r}; choose one of {', '.join(UNET_TARGET_PRESETS)}.")
+    if not targets or not any(c in targets for c in ".*+?[]()|\\"):
+        raise SettingsError(
+            f"Unknown LoRA target preset {targets!r}; choose one of {', '.join(UNET_TARGET_PRESETS)}, "
+            "or give a regular expression over UNet module names such as .*attn2\\.to_(k|v)."
+        )
+    try:
+        re.compile(targets)
+    except re.error as error:
+        raise SettingsError(f"The LoRA target pattern {targets!r} is not a valid regular expression ({error}).") from None
+    return targets
 
 
-def _check_rank(model: torch.nn.Module, pattern: str, rank: int, what: str) -> list[str]:
-    names = [name for name, module in model.named_modules() if re.fullmatch(pattern, name) and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))]
+def is_spatial_conv(module: torch.nn.Module) -> bool:
+    """A conv with a kernel bigger than 1x1: it gets the conv rank, as kohya's conv_dim."""
+    return isinstance(module, torch.nn.Conv2d) and tuple(module.kernel_size) != (1, 1)
+
+
+def matching_layers(model: torch.nn.Module, pattern: str) -> list[str]:
+    """Names of the Linear and Conv2d modules whose full name matches ``pattern``."""
+    return [name for name, module in model.named_modules() if re.fullmatch(pattern, name) and isinstance(module, (torch.nn.Linear, torch.nn.Conv2d))]
+
+
+def _check_rank(model: torch.nn.Module, pattern: str, rank: int, what: str, conv_rank: int | None = None) -> list[str]:
+    names = matching_layers(model, pattern)
     if not names:
-        raise SettingsError(f"The target preset matches no layer of the {what}.")
+        raise SettingsError(f"The LoRA targets match no Linear or Conv2d layer of the {what}; check the preset or pattern.")
     for name in names:
         module = model.get_submodule(name)
-        width = min(module.weight.shape[0], module.weight.shape[1])
-        if rank > width:
-            raise SettingsError(f"LoRA rank {rank} is larger than the {what} layer {name} ({width} wide); choose a rank of at most {width}.")
+        layer_rank = conv_rank if conv_rank is not None and is_spatial_conv(module) else rank
+        width = min(module.weight.shape[0], module.weight[0].numel())
+        if layer_rank > width:
+            raise SettingsError(f"LoRA rank {layer_rank} is larger than the {what} layer {name} ({width} wide); choose a rank of at most {width}.")
     return names
 
 
-def inject(model: torch.nn.Module, pattern: str, rank: int, alpha: float, dropout: float, what: str) -> list[str]:
-    """Add a trainable LoRA adapter to every module whose full name matches ``pattern``."""
+def inject(
+    model: torch.nn.Module,
+    pattern: str,
+    rank: int,
+    alpha: float,
+    dropout: float,
+    what: str,
+    conv_rank: int | None = None,
+    conv_alpha: float | None = None,
+    use_dora: bool = False,
+) -> list[str]:
+    """Add a trainable adapter to every Linear/Conv2d whose full name matches ``pattern``.
+
+    Convs with a kernel larger than 1x1 get ``conv_rank``/``conv_alpha`` when given
+    (kohya's conv_dim/conv_alpha); ``use_dora`` makes them DoRA adapters.
+    """
     from peft import LoraConfig, inject_adapter_in_model
 
-    names = _check_rank(model, pattern, rank, what)
-    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, init_lora_weights=True)
+    names = _check_rank(model, pattern, rank, what, conv_rank)
+    rank_pattern, alpha_pattern = {}, {}
+    if conv_rank is not None:
+        for name in names:
+            if is_spatial_conv(model.get_submodule(name)):
+                rank_pattern[re.escape(name)] = conv_rank
+                alpha_pattern[re.escape(name)] = float(conv_alpha if conv_alpha is not None else conv_rank)
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, init_lora_weights=True,
+        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_dora=use_dora,
+    )
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(f".{ADAPTER_NAME}." in name or name.endswith(f".{ADAPTER_NAME}"))
@@ -126,6 +198,43 @@ def kohya_stem(module_name: str, prefix: str) -> str:
     return prefix + module_name.replace(".", "_")
 
 
+def _row_norms(weight: torch.Tensor) -> torch.Tensor:
+    """L2 norm of each output row (over inputs and kernel), float64, shaped to broadcast over ``weight``."""
+    flat = weight.double().reshape(weight.shape[0], -1)
+    return flat.norm(dim=1).reshape(weight.shape[0], *[1] * (weight.ndim - 1))
+
+
+def _layer_delta(layer) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(base weight, up @ down reshaped like it, scaling), all float64 on the CPU."""
+    base = layer.get_base_layer().weight.detach().double().cpu()
+    down = layer.lora_A[ADAPTER_NAME].weight.detach().double().cpu()
+    up = layer.lora_B[ADAPTER_NAME].weight.detach().double().cpu()
+    delta = (up.flatten(1) @ down.flatten(1)).reshape(base.shape)
+    return base, delta, float(layer.scaling[ADAPTER_NAME])
+
+
+def _magnitude(layer) -> torch.nn.Parameter | None:
+    vectors = getattr(layer, "lora_magnitude_vector", None)
+    if vectors is None or ADAPTER_NAME not in vectors:
+        return None
+    return vectors[ADAPTER_NAME].weight
+
+
+def dora_scale_for_comfyui(layer) -> torch.Tensor:
+    """The ``.dora_scale`` that makes ComfyUI reproduce a peft DoRA layer exactly.
+
+    peft computes W' = m · (W + sΔW) / ‖W + sΔW‖ with one magnitude m per output row.
+    ComfyUI (comfy/weight_adapter/base.py ``weight_decompose``, output-axis branch,
+    taken when dora_scale.shape[0] equals the output width) computes
+    dora_scale · (W + sΔW) / ‖W‖: it divides by the base weight's row norm.
+    Saving dora_scale = m · ‖W‖ / ‖W + sΔW‖ makes both equal; the shape (out, 1[, 1, 1])
+    selects that branch. ``load_kohya_into`` inverts this.
+    """
+    base, delta, scaling = _layer_delta(layer)
+    magnitude = _magnitude(layer).detach().double().cpu().reshape(base.shape[0], *[1] * (base.ndim - 1))
+    return (magnitude * _row_norms(base) / _row_norms(base + scaling * delta)).float().contiguous()
+
+
 def kohya_state_dict(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
     tensors = {}
     for name, layer in lora_layers(model):
@@ -136,20 +245,62 @@ def kohya_state_dict(model: torch.nn.Module, prefix: str) -> dict[str, torch.Ten
         tensors[f"{stem}.lora_down.weight"] = down.contiguous()
         tensors[f"{stem}.lora_up.weight"] = up.contiguous()
         tensors[f"{stem}.alpha"] = torch.tensor(float(layer.scaling[ADAPTER_NAME] * rank), dtype=torch.float32)
+        if _magnitude(layer) is not None:
+            tensors[f"{stem}.dora_scale"] = dora_scale_for_comfyui(layer)
     return tensors
 
 
 def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> int:
-    """Copy kohya-format weights into the injected adapters; returns how many modules matched."""
+    """Copy kohya-format weights into the injected adapters; returns how many modules matched.
+
+    A file whose alpha differs from the adapter's (a LoRA trained elsewhere) is
+    rescaled into ``lora_up`` so the update ΔW = (alpha/rank)·up·down is kept;
+    a rank that differs is refused.
+    """
     matched = 0
     for name, layer in lora_layers(model):
         stem = kohya_stem(name, prefix)
         if f"{stem}.lora_down.weight" not in tensors:
             continue
-        layer.lora_A[ADAPTER_NAME].weight.data.copy_(tensors[f"{stem}.lora_down.weight"])
-        layer.lora_B[ADAPTER_NAME].weight.data.copy_(tensors[f"{stem}.lora_up.weight"])
+        down, up = tensors[f"{stem}.lora_down.weight"], tensors[f"{stem}.lora_up.weight"]
+        target_down = layer.lora_A[ADAPTER_NAME].weight
+        if down.shape != target_down.shape:
+            raise SettingsError(
+                f"The LoRA file's {stem} has rank {down.shape[0]} but this run's adapter there has rank "
+                f"{target_down.shape[0]}; set the rank (and conv rank) to the file's."
+            )
+        file_rank = down.shape[0]
+        file_scale = float(tensors[f"{stem}.alpha"]) / file_rank if f"{stem}.alpha" in tensors else 1.0
+        our_scale = float(layer.scaling[ADAPTER_NAME])
+        with torch.no_grad():
+            target_down.copy_(down)
+            layer.lora_B[ADAPTER_NAME].weight.copy_(up.double() * (file_scale / our_scale) if file_scale != our_scale else up)
+            magnitude = _magnitude(layer)
+            if magnitude is not None and f"{stem}.dora_scale" in tensors:
+                base, delta, scaling = _layer_delta(layer)
+                saved = tensors[f"{stem}.dora_scale"].double().reshape(base.shape[0], *[1] * (base.ndim - 1))
+                restored = saved * _row_norms(base + scaling * delta) / _row_norms(base)
+                magnitude.copy_(restored.reshape(magnitude.shape))
         matched += 1
     return matched
+
+
+def file_module_stems(tensors: dict[str, torch.Tensor], prefix: str) -> set[str]:
+    return {k[: -len(".lora_down.weight")] for k in tensors if k.startswith(prefix) and k.endswith(".lora_down.weight")}
+
+
+def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable adapter tensor under its peft name: the exact state a checkpoint resumes from."""
+    return {name: parameter.detach().cpu().clone() for name, parameter in model.named_parameters() if parameter.requires_grad}
+
+
+def load_adapter_state(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
+    parameters = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    if set(parameters) != set(state):
+        raise SettingsError("The checkpoint's adapters do not match this run's (other targets, rank or adapter type).")
+    with torch.no_grad():
+        for name, parameter in parameters.items():
+            parameter.copy_(state[name])
 
 
 # --------------------------------------------------------------------------- the LoRA object and its file
@@ -219,7 +370,18 @@ def read_lora_file(path: str | os.PathLike) -> LoRAWeights:
 
 
 def network_args_json(settings: LoRASettings) -> str:
-    return json.dumps({"targets": settings.targets, "dropout": settings.dropout, "train_text_encoder": settings.train_text_encoder})
+    args: dict[str, Any] = {"targets": settings.targets, "dropout": settings.dropout, "train_text_encoder": settings.train_text_encoder}
+    if settings.train_text_encoder:
+        args["text_encoder_dim"] = str(settings.effective_te_rank)
+    if settings.targets == "kohya+conv" or settings.conv_rank:
+        # kohya's LoCon argument names, as strings like kohya writes them.
+        args["conv_dim"] = str(settings.effective_conv_rank)
+        args["conv_alpha"] = f"{settings.effective_conv_alpha:g}"
+    if settings.use_dora:
+        # LyCORIS's name; dora_scale holds m·‖W‖/‖W+ΔW‖ per output row (see dora_scale_for_comfyui).
+        args["dora_wd"] = "True"
+        args["dora_scale_convention"] = "comfyui-output-axis"
+    return json.dumps(args)
 
 
 def build_metadata(settings: LoRASettings, extra: dict[str, Any]) -> dict[str, str]:

@@ -13,6 +13,7 @@ import math
 import os
 import statistics
 import time
+import warnings
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -28,9 +29,11 @@ from .augment import CaptionAugmentation
 from .dataset import ImageCaptionDataset, image_size
 from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, torch_dtype
 from .errors import SettingsError, TrainerError
-from .losses import denoising_loss, training_target
+from .losses import (
+    LOSSES, PREDICTIONS, add_noise_offset, denoising_loss, min_snr_weights, resolve_prediction_type, training_target,
+)
 from .model_loading import BaseModel, materialize
-from .optim import LR_SCHEDULERS, make_optimizer
+from .optim import LR_SCHEDULERS, check_optimizer, make_optimizer, optimizer_class_name, warmup_step_count
 from .preprocess import center_crop, center_crop_to, pil_to_tensor, resize_for_training, resize_to_cover
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
 
@@ -60,8 +63,25 @@ class TrainSettings:
     resolution: int = 512
     seed: int = 0
     lr_scheduler: str = "cosine"
-    warmup_steps: int = 0
+    warmup_steps: float = 0  # steps, or a fraction of the run when below 1.0
     max_grad_norm: float = 1.0
+    # --- optimization depth: optimizer, losses, failure handling, previews (core/optim.py, core/losses.py)
+    optimizer: str = "adamw"
+    text_encoder_learning_rate: float | None = None  # None means the UNet's learning rate
+    lr_cycles: int = 1  # restarts of cosine_with_restarts
+    prediction: str = "auto"  # auto (the base scheduler's), epsilon or v
+    loss: str = "mse"  # mse or huber
+    huber_c: float = 0.1
+    min_snr_gamma: float = 0.0  # 0 turns min-SNR weighting off; 5 is the usual value
+    noise_offset: float = 0.0
+    max_bad_steps: int = 5  # non-finite losses in a row before the run stops
+    keep_last: int = 0  # checkpoints to keep (0 keeps all)
+    sample_every: int = 0
+    sample_prompts: tuple[str, ...] = ()
+    sample_seed: int = 0
+    sample_steps: int = 20
+    sample_size: int = 0  # 0 means the training resolution
+    sample_guidance: float = 7.5
     precision: str = "auto"
     gradient_checkpointing: bool = False
     crop: str = "center"
@@ -105,7 +125,24 @@ class TrainSettings:
             (self.resolution >= 64 and self.resolution % 64 == 0, f"Resolution must be a multiple of 64 and at least 64, got {self.resolution}."),
             (self.resolution <= 4096, f"Resolution {self.resolution} is over 4096 px; SD1.x is trained at 512."),
             (self.lr_scheduler in LR_SCHEDULERS, f"LR scheduler must be one of {', '.join(LR_SCHEDULERS)}, got {self.lr_scheduler!r}."),
-            (0 <= self.warmup_steps, f"Warm-up steps cannot be negative, got {self.warmup_steps}."),
+            (0 <= self.warmup_steps and (self.warmup_steps < 1 or float(self.warmup_steps).is_integer()),
+             f"Warm-up must be a whole number of steps or a fraction below 1.0, got {self.warmup_steps}."),
+            (warmup_step_count(self.warmup_steps, self.steps) <= self.steps or self.lr_scheduler == "constant",
+             f"Warm-up ({self.warmup_steps} steps) is longer than the run ({self.steps} steps)."),
+            (self.text_encoder_learning_rate is None or (math.isfinite(self.text_encoder_learning_rate) and self.text_encoder_learning_rate > 0),
+             f"Text-encoder learning rate must be a positive number, got {self.text_encoder_learning_rate}."),
+            (isinstance(self.lr_cycles, int) and self.lr_cycles >= 1, f"LR cycles must be at least 1, got {self.lr_cycles}."),
+            (self.prediction in PREDICTIONS, f"Prediction must be one of {', '.join(PREDICTIONS)}, got {self.prediction!r}."),
+            (self.loss in LOSSES, f"Loss must be one of {', '.join(LOSSES)}, got {self.loss!r}."),
+            (self.huber_c > 0, f"The Huber parameter must be positive, got {self.huber_c}."),
+            (self.min_snr_gamma >= 0, f"Min-SNR gamma cannot be negative (0 turns it off), got {self.min_snr_gamma}."),
+            (0 <= self.noise_offset <= 1, f"Noise offset must be between 0 and 1 (0.05-0.1 is usual), got {self.noise_offset}."),
+            (isinstance(self.max_bad_steps, int) and self.max_bad_steps >= 1, f"The non-finite step limit must be at least 1, got {self.max_bad_steps}."),
+            (isinstance(self.keep_last, int) and self.keep_last >= 0, f"Checkpoints to keep cannot be negative (0 keeps all), got {self.keep_last}."),
+            (self.sample_every >= 0, f"Sample interval cannot be negative, got {self.sample_every}."),
+            (not self.sample_every or any(p.strip() for p in self.sample_prompts), "Sample previews need at least one prompt."),
+            (self.sample_steps >= 1, f"Sampling steps must be at least 1, got {self.sample_steps}."),
+            (self.sample_size == 0 or (self.sample_size >= 64 and self.sample_size % 8 == 0), f"Sample size must be 0 (training size) or a multiple of 8 of at least 64, got {self.sample_size}."),
             (self.max_grad_norm >= 0, f"Gradient clipping norm cannot be negative, got {self.max_grad_norm}."),
             (self.crop in CROP_MODES, f"Crop must be one of {', '.join(CROP_MODES)}, got {self.crop!r}."),
             (self.save_every >= 0, f"Save interval cannot be negative, got {self.save_every}."),
@@ -114,6 +151,7 @@ class TrainSettings:
             if not ok:
                 raise SettingsError(message)
         self._validate_data()
+        check_optimizer(self.optimizer)
         if dataset_size is not None and self.batch_size > dataset_size:
             raise SettingsError(
                 f"Batch size {self.batch_size} is larger than the dataset ({dataset_size} images with repeats); "
@@ -136,6 +174,9 @@ class TrainResult:
     checkpoint_dir: str | None = None
     checkpoints: list[str] = field(default_factory=list)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    skipped_steps: list[int] = field(default_factory=list)  # steps whose loss was not finite (no update made)
+    samples: list[str] = field(default_factory=list)  # preview image files written
+    checkpoint_bytes: int = 0  # disk used by the checkpoints kept
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -148,6 +189,8 @@ class TrainResult:
             "eval_loss_after": self.eval_loss_after,
             "interrupted": self.interrupted,
             "resumed_from_step": self.resumed_from_step,
+            "skipped_steps": self.skipped_steps,
+            "checkpoint_megabytes": round(self.checkpoint_bytes / 2**20, 2),
         }
 
 
@@ -181,6 +224,7 @@ class Trainer:
         should_stop: StopCheck | None = None,
         checkpoint_dir: str | os.PathLike | None = None,
         resume_from: str | os.PathLike | None = None,
+        init_lora: str | os.PathLike | None = None,
         release_frozen_models: bool = False,
     ):
         """``release_frozen_models`` frees the VAE, text encoder and base UNet weights once they are no
@@ -202,6 +246,12 @@ class Trainer:
         self.release_frozen_models = release_frozen_models
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()
+        self.init_lora = Path(init_lora) if init_lora else None
+        if self.init_lora is not None and self.resume_from is not None:
+            raise SettingsError("Give either a checkpoint to resume or a LoRA file to start from, not both.")
+        if self.init_lora is not None and not self.init_lora.is_file():
+            raise SettingsError(f"The LoRA file to start from, {self.init_lora}, does not exist.")
+        self.prediction_type = resolve_prediction_type(settings.prediction, base.noise_scheduler)
         self.train_text_encoder = lora_settings.train_text_encoder
         self.pool = [index for index, entry in enumerate(dataset.entries) for _ in range(entry.repeats)]
         self._permutations: dict[int, torch.Tensor] = {}
@@ -435,18 +485,25 @@ class Trainer:
 
     # ------------------------------------------------------------------ loss
 
-    def _loss(self, unet, latents: torch.Tensor, text: torch.Tensor, rng: torch.Generator, noise=None, timesteps=None) -> torch.Tensor:
-        scheduler = self.base.noise_scheduler
+    def _loss(self, unet, latents: torch.Tensor, text: torch.Tensor, rng: torch.Generator, noise=None, timesteps=None, plain: bool = False) -> torch.Tensor:
+        """Noise-space loss of one batch; ``plain`` (the eval loss) ignores offset, weighting and Huber."""
+        scheduler, settings = self.base.noise_scheduler, self.settings
         if noise is None:
             noise = torch.randn(latents.shape, generator=rng).to(self.device)
         if timesteps is None:
             timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=rng)
+        if not plain:
+            # Drawn after noise and timesteps, so a run without offset keeps the same random stream.
+            noise = add_noise_offset(noise, settings.noise_offset, rng)
         timesteps = timesteps.to(self.device)
         noisy = scheduler.add_noise(latents, noise, timesteps)
-        target = training_target(scheduler, latents, noise, timesteps)
+        target = training_target(scheduler, latents, noise, timesteps, self.prediction_type)
         with self._autocast():
             prediction = unet(noisy.to(self.unet_dtype), timesteps, text.to(self.unet_dtype)).sample
-        return denoising_loss(prediction, target)
+        if plain:
+            return denoising_loss(prediction, target)
+        weights = min_snr_weights(scheduler, timesteps, settings.min_snr_gamma, self.prediction_type) if settings.min_snr_gamma else None
+        return denoising_loss(prediction, target, settings.loss, weights, settings.huber_c)
 
     @torch.no_grad()
     def evaluate(self, unet, text_encoder) -> float:
@@ -464,7 +521,7 @@ class Trainer:
             text = self._batch_text([index], text_encoder)
             for draw in range(EVAL_DRAWS):
                 timesteps = torch.tensor([int((draw + 0.5) / EVAL_DRAWS * self.base.noise_scheduler.config.num_train_timesteps)])
-                losses.append(float(self._loss(unet, latent, text, rng, timesteps=timesteps)))
+                losses.append(float(self._loss(unet, latent, text, rng, timesteps=timesteps, plain=True)))
         return sum(losses) / len(losses)
 
     # ------------------------------------------------------------------ checkpoints
@@ -476,6 +533,7 @@ class Trainer:
             "dataset_hash": self.dataset.content_hash,
             "base_hash": self.base.source_hash,
             "base_source": os.path.basename(self.base.source),
+            "prediction_type": self.prediction_type,
         }
 
     def save_checkpoint(self, step: int) -> Path:
@@ -486,25 +544,85 @@ class Trainer:
             "scaler": self.scaler.state_dict() if self.scaler is not None else {},
             "loss_history": torch.tensor(self.loss_history, dtype=torch.float64),
             "lr_history": torch.tensor(self.lr_history, dtype=torch.float64),
+            "skipped_steps": torch.tensor(self.skipped_steps, dtype=torch.int64),
+            # The exact adapter tensors (lora.safetensors is the user's file; DoRA's dora_scale in it is converted).
+            "adapters": {"unet": lora_lib.adapter_state(self.unet), "text_encoder": lora_lib.adapter_state(self.text_encoder) if self.train_text_encoder else {}},
         }
         final = checkpoints.write_checkpoint(self.checkpoint_dir, step, self._export(step), training_state, self._run_state())
         self.checkpoints.append(str(final))
-        self.progress(ProgressEvent("save", step, self.settings.steps, message=f"saved {final.name}"))
+        removed = checkpoints.prune_checkpoints(self.checkpoint_dir, self.settings.keep_last) if self.settings.keep_last else []
+        self.checkpoints = [c for c in self.checkpoints if Path(c) not in removed]
+        kept = checkpoints.find_checkpoints(self.checkpoint_dir)
+        self.checkpoint_bytes = sum(checkpoints.folder_bytes(path) for path in kept)
+        message = f"saved {final.name}; {len(kept)} checkpoint(s) use {self.checkpoint_bytes / 2**20:.1f} MB"
+        if removed:
+            message += f" (removed {', '.join(p.name for p in removed)})"
+        self.progress(ProgressEvent("save", step, self.settings.steps, message=message))
         return final
 
     def _load_checkpoint(self, folder: Path) -> int:
         state, weights, training_state = checkpoints.read_checkpoint(folder)
         checkpoints.check_compatible(state, self._run_state(), folder)
-        lora_lib.load_kohya_into(self.unet, weights.tensors, lora_lib.UNET_PREFIX)
-        if self.train_text_encoder:
-            lora_lib.load_kohya_into(self.text_encoder, weights.tensors, lora_lib.TEXT_ENCODER_PREFIX)
+        adapters = training_state.get("adapters")
+        if adapters is not None:
+            lora_lib.load_adapter_state(self.unet, adapters["unet"])
+            if self.train_text_encoder:
+                lora_lib.load_adapter_state(self.text_encoder, adapters["text_encoder"])
+        else:  # checkpoints written before the exact adapter state was kept
+            lora_lib.load_kohya_into(self.unet, weights.tensors, lora_lib.UNET_PREFIX)
+            if self.train_text_encoder:
+                lora_lib.load_kohya_into(self.text_encoder, weights.tensors, lora_lib.TEXT_ENCODER_PREFIX)
         self.optimizer.load_state_dict(training_state["optimizer"])
-        self.lr_scheduler.load_state_dict(training_state["lr_scheduler"])
         if self.scaler is not None and training_state["scaler"]:
             self.scaler.load_state_dict(training_state["scaler"])
         self.loss_history = training_state["loss_history"].tolist()
         self.lr_history = training_state["lr_history"].tolist()
+        self.skipped_steps = training_state.get("skipped_steps", torch.zeros(0, dtype=torch.int64)).tolist()
         return int(state["step"])
+
+    def _load_init_lora(self, path: Path) -> int:
+        """Start from an existing LoRA file (weights only); returns the step count in its metadata."""
+        try:
+            weights = lora_lib.read_lora_file(path)
+        except Exception as error:
+            raise SettingsError(f"{path.name} could not be read as a safetensors LoRA ({error.__class__.__name__}).") from None
+        unet_stems = lora_lib.file_module_stems(weights.tensors, lora_lib.UNET_PREFIX)
+        te_stems = lora_lib.file_module_stems(weights.tensors, lora_lib.TEXT_ENCODER_PREFIX)
+        if not unet_stems and not te_stems:
+            raise SettingsError(f"{path.name} holds no kohya-format SD1.x LoRA weights (lora_unet_*/lora_te_* .lora_down/.lora_up keys).")
+        ours = {lora_lib.kohya_stem(name, lora_lib.UNET_PREFIX) for name, _ in lora_lib.lora_layers(self.unet)}
+        outside = sorted(unet_stems - ours)
+        if outside:
+            raise SettingsError(
+                f"{path.name} adapts {len(outside)} UNet layers that this run's targets do not include (e.g. {outside[0]}); "
+                "choose the targets it was trained with (attention, kohya, kohya+conv or a pattern)."
+            )
+        if te_stems and not self.train_text_encoder:
+            raise SettingsError(f"{path.name} also adapts the text encoder; turn text-encoder training on to continue it.")
+        has_dora = any(k.endswith(".dora_scale") for k in weights.tensors)
+        if has_dora and not self.lora_settings.use_dora:
+            raise SettingsError(f"{path.name} is a DoRA (it has dora_scale keys); turn DoRA on to continue it.")
+        lora_lib.load_kohya_into(self.unet, weights.tensors, lora_lib.UNET_PREFIX)
+        if self.train_text_encoder:
+            lora_lib.load_kohya_into(self.text_encoder, weights.tensors, lora_lib.TEXT_ENCODER_PREFIX)
+        try:
+            steps_done = int(weights.metadata.get("ss_steps", "0"))
+        except ValueError:
+            steps_done = 0
+        if steps_done >= self.settings.steps:
+            raise SettingsError(
+                f"{path.name} has already been trained for {steps_done} steps; set the total steps above {steps_done} to continue it."
+            )
+        return steps_done
+
+    def _fast_forward_schedule(self, step: int) -> None:
+        """Put the LR schedule at ``step`` of *this* run's settings (total steps may have changed)."""
+        if step <= 0:
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()" does not apply here
+            self.lr_scheduler.last_epoch = step - 1
+            self.lr_scheduler.step()
 
     # ------------------------------------------------------------------ export
 
@@ -520,7 +638,7 @@ class Trainer:
             "ss_learning_rate": f"{settings.learning_rate:g}",
             "ss_unet_lr": f"{settings.learning_rate:g}",
             "ss_lr_scheduler": settings.lr_scheduler,
-            "ss_lr_warmup_steps": str(settings.warmup_steps),
+            "ss_lr_warmup_steps": str(warmup_step_count(settings.warmup_steps, settings.steps)),
             "ss_resolution": f"({settings.resolution}, {settings.resolution})",
             "ss_seed": str(settings.seed),
             "ss_batch_size_per_device": str(settings.batch_size),
@@ -528,8 +646,12 @@ class Trainer:
             "ss_max_grad_norm": f"{settings.max_grad_norm:g}",
             "ss_mixed_precision": self.precision,
             "ss_gradient_checkpointing": str(settings.gradient_checkpointing),
-            "ss_optimizer": "torch.optim.AdamW",
-            "ss_prediction_type": self.base.prediction_type,
+            "ss_optimizer": optimizer_class_name(settings.optimizer),
+            "ss_prediction_type": self.prediction_type,
+            "ss_v_parameterization": str(self.prediction_type == "v_prediction"),
+            "ss_loss_type": "l2" if settings.loss == "mse" else "huber",
+            "ss_min_snr_gamma": f"{settings.min_snr_gamma:g}" if settings.min_snr_gamma else "None",
+            "ss_noise_offset": f"{settings.noise_offset:g}" if settings.noise_offset else "None",
             "ss_num_train_images": str(self.dataset.num_samples),
             **self._data_metadata(),
             "ss_dataset_hash": self.dataset.content_hash,
@@ -541,29 +663,55 @@ class Trainer:
             "modelspec.title": settings.output_name,
             "modelspec.resolution": f"{settings.resolution}x{settings.resolution}",
             "modelspec.date": datetime.now(timezone.utc).date().isoformat(),
+            "modelspec.prediction_type": "v" if self.prediction_type == "v_prediction" else "epsilon",
         }
+        if settings.loss == "huber":
+            extra["ss_huber_c"] = f"{settings.huber_c:g}"
+        if self.train_text_encoder:
+            extra["ss_text_encoder_lr"] = f"{self._text_encoder_lr:g}"
+        if self.init_lora is not None:
+            extra["ss_network_weights"] = self.init_lora.name
         return lora_lib.LoRAWeights(tensors=tensors, metadata=lora_lib.build_metadata(self.lora_settings, extra))
 
     # ------------------------------------------------------------------ the loop
+
+    @property
+    def _text_encoder_lr(self) -> float:
+        settings = self.settings
+        return settings.text_encoder_learning_rate if settings.text_encoder_learning_rate is not None else settings.learning_rate
 
     def _inject(self) -> None:
         ls = self.lora_settings
         torch.manual_seed(mix_seed(self.settings.seed, 0x1A1D))  # peft draws lora_A's init from the global stream
         self.unet_dtype = self.dtype if self.device.type != "cpu" or self.dtype != torch.float32 else torch.float32
         self.unet = self._training_copy(self.base.unet, self.unet_dtype)
-        lora_lib.inject(self.unet, lora_lib.target_pattern(ls.targets), ls.rank, ls.effective_alpha, ls.dropout, "UNet")
+        conv_rank = ls.effective_conv_rank if ls.targets == "kohya+conv" or ls.conv_rank else None
+        lora_lib.inject(
+            self.unet, lora_lib.target_pattern(ls.targets), ls.rank, ls.effective_alpha, ls.dropout, "UNet",
+            conv_rank=conv_rank, conv_alpha=ls.effective_conv_alpha if conv_rank else None, use_dora=ls.use_dora,
+        )
         self.text_encoder = self.base.text_encoder
         if self.train_text_encoder:
             self.text_encoder = self._training_copy(self.base.text_encoder, self.unet_dtype)
-            lora_lib.inject(self.text_encoder, lora_lib.TEXT_ENCODER_TARGETS, ls.effective_te_rank, float(ls.effective_te_rank if ls.alpha is None else ls.alpha), ls.dropout, "text encoder")
+            lora_lib.inject(
+                self.text_encoder, lora_lib.TEXT_ENCODER_TARGETS, ls.effective_te_rank, ls.effective_te_alpha, ls.dropout,
+                "text encoder", use_dora=ls.use_dora,
+            )
         for model in (self.unet, self.text_encoder):
-            for _, layer in lora_lib.lora_layers(model):
-                for parameter in list(layer.lora_A.parameters()) + list(layer.lora_B.parameters()):
+            for parameter in model.parameters():
+                if parameter.requires_grad:
                     parameter.data = parameter.data.float()  # adapters train in fp32 under any autocast
         if self.settings.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_text_encoder:
                 self.text_encoder.gradient_checkpointing_enable()
+
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """UNet adapters at the learning rate, text-encoder adapters at their own."""
+        groups = [{"params": [p for p in self.unet.parameters() if p.requires_grad], "lr": self.settings.learning_rate}]
+        if self.train_text_encoder:
+            groups.append({"params": [p for p in self.text_encoder.parameters() if p.requires_grad], "lr": self._text_encoder_lr})
+        return groups
 
     def _restore_base(self) -> None:
         for model, original in ((self.unet, self.base.unet), (self.text_encoder, self.base.text_encoder)):
@@ -578,11 +726,37 @@ class Trainer:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
+    def _sample(self, step: int) -> None:
+        """Preview images with the current adapters; saved under the checkpoint folder, newest to the callback."""
+        from .sampling import generate_previews, save_previews
+
+        settings = self.settings
+        prompts = [p for p in settings.sample_prompts if p.strip()]
+        moved = [m for m in (self.base.vae, self.text_encoder) if next(m.parameters()).device != self.device]
+        with self._timed("sample"):
+            for module in moved:
+                module.to(self.device)
+            try:
+                images = generate_previews(
+                    self.unet, self.base.vae, self.text_encoder, self.base.tokenizer, self.base.noise_scheduler, prompts,
+                    seed=settings.sample_seed, steps=settings.sample_steps, size=settings.sample_size or settings.resolution,
+                    guidance=settings.sample_guidance, device=self.device, dtype=self.dtype,
+                )
+            finally:
+                for module in moved:
+                    self._offload(module)
+        if self.checkpoint_dir is not None:
+            self.samples += [str(p) for p in save_previews(images, self.checkpoint_dir / "samples", step)]
+        self.progress(ProgressEvent("sample", step, settings.steps, preview=images[-1], message=f"preview at step {step}"))
+
     def run(self) -> TrainResult:
         settings = self.settings
         self.checkpoints: list[str] = []
         self.loss_history: list[float] = []
         self.lr_history: list[float] = []
+        self.skipped_steps: list[int] = []
+        self.samples: list[str] = []
+        self.checkpoint_bytes = 0
         rng_state = torch.random.get_rng_state()
         run_start = time.perf_counter()
         self._inject()
@@ -599,11 +773,15 @@ class Trainer:
                 self.base.text_encoder.to(self.device)
             if not settings.cache_latents:
                 self.base.vae.to(self.device)
-            parameters = [p for model in (self.unet, self.text_encoder) for p in model.parameters() if p.requires_grad]
-            self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(parameters, settings, self.device, self.dtype)
+            groups = self._parameter_groups()
+            parameters = [p for group in groups for p in group["params"]]
+            self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(groups, settings, self.device, self.dtype)
             start_step = 0
             if self.resume_from is not None:
                 start_step = self._load_checkpoint(checkpoints.resolve_resume_path(self.resume_from))
+            elif self.init_lora is not None:
+                start_step = self._load_init_lora(self.init_lora)
+            self._fast_forward_schedule(start_step)
             lora_lib.set_adapters_enabled(self.unet, False)
             lora_lib.set_adapters_enabled(self.text_encoder, False)
             with self._timed("eval"):
@@ -612,6 +790,7 @@ class Trainer:
             lora_lib.set_adapters_enabled(self.text_encoder, True)
             interrupted, step, first_step_at = False, start_step, None
             step_times: list[float] = []
+            bad_in_row = 0
             smoothed = self.loss_history[-1] if self.loss_history else None
             self.unet.train()
             self.text_encoder.train(self.train_text_encoder)
@@ -620,26 +799,29 @@ class Trainer:
                     interrupted = True
                     break
                 step_start = time.perf_counter()
-                loss_value = self._train_step(step, parameters)
+                loss_value, problem = self._train_step(step, parameters)
                 step += 1
                 if first_step_at is None:
                     first_step_at = time.perf_counter() - run_start
                 step_times.append(time.perf_counter() - step_start)
-                if not math.isfinite(loss_value):
-                    raise TrainerError(
-                        f"The loss became {loss_value} at step {step}; lower the learning rate or use fp32/bf16 precision."
-                    )
-                self.loss_history.append(loss_value)
-                self.lr_history.append(self.lr_scheduler.get_last_lr()[0])
-                smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
-                recent = step_times[-20:]
-                per_step = sum(recent) / len(recent)
-                self.progress(ProgressEvent(
-                    "train", step, settings.steps, loss=loss_value, smoothed_loss=smoothed,
-                    lr=self.lr_history[-1], seconds_per_step=per_step, eta_seconds=per_step * (settings.steps - step),
-                ))
+                if problem:
+                    bad_in_row += 1
+                    self._skip_step(step, problem, bad_in_row)
+                else:
+                    bad_in_row = 0
+                    self.loss_history.append(loss_value)
+                    self.lr_history.append(self.lr_scheduler.get_last_lr()[0])
+                    smoothed = loss_value if smoothed is None else 0.9 * smoothed + 0.1 * loss_value
+                    recent = step_times[-20:]
+                    per_step = sum(recent) / len(recent)
+                    self.progress(ProgressEvent(
+                        "train", step, settings.steps, loss=loss_value, smoothed_loss=smoothed,
+                        lr=self.lr_history[-1], seconds_per_step=per_step, eta_seconds=per_step * (settings.steps - step),
+                    ))
                 if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
                     self.save_checkpoint(step)
+                if settings.sample_every and step % settings.sample_every == 0:
+                    self._sample(step)
             self.unet.eval()
             self.text_encoder.eval()
             if self.checkpoint_dir is not None and (interrupted or step == settings.steps) and step > start_step:
@@ -650,6 +832,7 @@ class Trainer:
         finally:
             self._restore_base()
             torch.random.set_rng_state(rng_state)
+        # Sampling time is not training time: leave it out of the per-step figure.
         steady = step_times[1:] if len(step_times) > 1 else step_times
         return TrainResult(
             lora=lora,
@@ -665,9 +848,32 @@ class Trainer:
             checkpoint_dir=str(self.checkpoint_dir) if self.checkpoint_dir else None,
             checkpoints=self.checkpoints,
             phase_seconds=self.phase_seconds,
+            skipped_steps=self.skipped_steps,
+            samples=self.samples,
+            checkpoint_bytes=self.checkpoint_bytes,
         )
 
-    def _train_step(self, step: int, parameters: list[torch.nn.Parameter]) -> float:
+    def _skip_step(self, step: int, problem: str, bad_in_row: int) -> None:
+        """A step whose loss or gradient was not finite made no update; too many in a row end the run."""
+        settings = self.settings
+        self.skipped_steps.append(step)
+        if len(self.skipped_steps) == 1:
+            warnings.warn(f"Step {step} was skipped because {problem}; the adapters were not updated.", RuntimeWarning, stacklevel=3)
+        self.progress(ProgressEvent("skip", step, settings.steps, message=f"step skipped: {problem}"))
+        if bad_in_row < settings.max_bad_steps:
+            return
+        last_good = step - bad_in_row
+        kept = ""
+        if self.checkpoint_dir is not None:
+            # Skipped steps never touched the adapters, so they are still the step-{last_good} ones.
+            kept = f" The adapters as of step {last_good} are saved in {self.save_checkpoint(step)}."
+        raise TrainerError(
+            f"Training stopped at step {step}: {bad_in_row} steps in a row had a non-finite loss or gradient ({problem}).{kept} "
+            "Lower the learning rate or train in bf16/fp32 instead of fp16, then resume."
+        )
+
+    def _train_step(self, step: int, parameters: list[torch.nn.Parameter]) -> tuple[float, str | None]:
+        """One optimizer step; returns (mean loss, None) or (loss, why the step was skipped)."""
         settings = self.settings
         total = 0.0
         for micro in range(settings.grad_accum):
@@ -679,23 +885,38 @@ class Trainer:
                 text = self._batch_text(indices, self.text_encoder)
             with self._timed("forward"):
                 loss = self._loss(self.unet, latents, text, rng)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                return self._abandon_step(f"the loss was {value}")
             with self._timed("backward"):
                 scaled = loss / settings.grad_accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
-            total += float(loss.detach())
+            total += value
         with self._timed("optimizer"):
             if self.scaler is not None:
                 self.scaler.unscale_(self.optimizer)
             if settings.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+                norm = torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
+            else:
+                norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
             if self.scaler is not None:
+                # fp16: the scaler skips steps with inf/nan gradients itself and lowers its scale.
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+            elif not math.isfinite(float(norm)):
+                return self._abandon_step(f"the gradient norm was {float(norm)}")
             else:
                 self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        return total / settings.grad_accum
+        return total / settings.grad_accum, None
+
+    def _abandon_step(self, problem: str) -> tuple[float, str]:
+        self.optimizer.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the schedule follows the step count, updated or not
+            self.lr_scheduler.step()
+        return float("nan"), problem
 
 
 def train(
@@ -705,5 +926,5 @@ def train(
     settings: TrainSettings,
     **options: Any,
 ) -> TrainResult:
-    """Train a LoRA; see ``Trainer`` for the options (device, progress, should_stop, checkpoint_dir, resume_from)."""
+    """Train a LoRA; see ``Trainer`` for the options (device, progress, should_stop, checkpoint_dir, resume_from, init_lora)."""
     return Trainer(base, dataset, lora_settings, settings, **options).run()

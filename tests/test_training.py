@@ -127,17 +127,25 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(base_model, dataset, t
     lora_settings = LoRASettings(rank=4, dropout=0.1)
     reference = train(base_model, dataset, lora_settings, settings)
 
-    checkpoint_dir = tmp_path / "ck"
-    stop = StopAtStep(3)
-    first = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, progress=stop, should_stop=stop.should_stop)
-    assert first.interrupted and first.steps == 3
-    resumed = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, resume_from=checkpoint_dir)
-    assert resumed.resumed_from_step == 3 and resumed.steps == 7
-    assert len(resumed.loss_history) == 7
-    assert resumed.loss_history[:3] == first.loss_history
-    for key, value in reference.lora.tensors.items():
-        assert (resumed.lora.tensors[key] - value).abs().max() <= 1e-6, key
-    assert resumed.loss_history == pytest.approx(reference.loss_history, abs=1e-6)
+    for stop_at in (2, 5):  # inside the warm-up and after it
+        checkpoint_dir = tmp_path / f"ck{stop_at}"
+        stop = StopAtStep(stop_at)
+        first = train(base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, progress=stop, should_stop=stop.should_stop)
+        assert first.interrupted and first.steps == stop_at
+        steps_seen = []
+        resumed = train(
+            base_model, dataset, lora_settings, settings, checkpoint_dir=checkpoint_dir, resume_from=checkpoint_dir,
+            progress=lambda event: steps_seen.append(event.step) if event.phase == "train" else None,
+        )
+        assert resumed.resumed_from_step == stop_at and resumed.steps == 7
+        assert steps_seen == list(range(stop_at + 1, 8)), "the step counter continues from k, neither reset nor double-counted"
+        assert len(resumed.loss_history) == 7 and len(resumed.lr_history) == 7
+        assert resumed.loss_history[:stop_at] == first.loss_history
+        assert resumed.lr_history == pytest.approx(reference.lr_history, abs=1e-12), "the schedule continues from k"
+        for key, value in reference.lora.tensors.items():
+            assert (resumed.lora.tensors[key] - value).abs().max() <= 1e-6, (stop_at, key)
+        assert resumed.loss_history == pytest.approx(reference.loss_history, abs=1e-6)
+        assert resumed.lora.metadata["ss_steps"] == "7"
 
 
 def test_resume_with_other_rank_is_refused(base_model, dataset, tmp_path):
@@ -189,3 +197,23 @@ def test_gradient_checkpointing_gives_same_gradients(base_model, dataset):
 def test_bad_settings_are_refused(base_model, dataset, lora_kwargs, train_kwargs, message):
     with pytest.raises(SettingsError, match=message):
         train(base_model, dataset, LoRASettings(**lora_kwargs), TrainSettings(**{**FAST, **train_kwargs}))
+
+
+def test_bf16_on_cpu_trains_a_copy_and_leaves_the_base_untouched(base_model, dataset):
+    before = _state(base_model.unet)
+    result = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 3, "precision": "bf16"}))
+    assert result.lora.metadata["ss_mixed_precision"] == "bf16"
+    assert all(v.dtype == torch.float32 for v in result.lora.tensors.values()), "adapters train and save in fp32"
+    after = base_model.unet.state_dict()
+    assert all(after[k].dtype == torch.float32 and torch.equal(before[k], after[k]) for k in before)
+    assert result.eval_loss_after < result.eval_loss_before
+
+
+def test_auto_precision_on_cpu_follows_bf16_support(monkeypatch):
+    from core.devices import cpu_has_native_bf16, resolve_precision
+
+    for flag, expected in (("1", "bf16"), ("0", "fp32")):
+        monkeypatch.setenv("LORA_TRAINER_CPU_BF16", flag)
+        cpu_has_native_bf16.cache_clear()
+        assert resolve_precision("auto", torch.device("cpu")) == expected
+    cpu_has_native_bf16.cache_clear()
