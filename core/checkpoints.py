@@ -123,3 +123,14 @@ def read_checkpoint(folder: Path) -> tuple[dict[str, Any], lora_lib.LoRAWeights,
     except Exception as error:
         raise TrainerError(f"Checkpoint {folder} is damaged ({error.__class__.__name__}); resume from an earlier one.") from None
     return state, weights, training_state
+
+
+def remove_unfinished(folder: Path) -> None:
+    """Delete staging folders and temp files a killed run left behind (never complete checkpoints)."""
+    if not folder.is_dir():
+        return
+    for path in folder.iterdir():
+        if path.is_dir() and path.name.startswith(".checkpoint-") and path.name.endswith(".partial"):
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.is_file() and path.name.startswith(".") and path.name.endswith(".tmp"):
+            path.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ checkpoint continues exactly as the uninterrupted run would have.
 """
 from __future__ import annotations
 
+import gc
 import math
 import os
 import statistics
@@ -29,6 +30,7 @@ from .augment import CaptionAugmentation
 from .dataset import ImageCaptionDataset, image_size
 from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, torch_dtype
 from .errors import SettingsError, TrainerError
+from .locking import FolderLock
 from .losses import (
     LOSSES, PREDICTIONS, add_noise_offset, denoising_loss, min_snr_weights, resolve_prediction_type, training_target,
 )
@@ -750,6 +752,32 @@ class Trainer:
         self.progress(ProgressEvent("sample", step, settings.steps, preview=images[-1], message=f"preview at step {step}"))
 
     def run(self) -> TrainResult:
+        """Train. A checkpoint folder is locked for the whole run: one training per folder at a time."""
+        with FolderLock(self.checkpoint_dir) if self.checkpoint_dir else nullcontext():
+            if self.checkpoint_dir:
+                checkpoints.remove_unfinished(self.checkpoint_dir)
+            out_of_memory = False
+            try:
+                return self._run()
+            except torch.OutOfMemoryError:
+                out_of_memory = True
+            except RuntimeError as error:
+                if "can't allocate memory" not in str(error):
+                    raise
+                out_of_memory = True
+        # Raised outside the except block so the failed step's tensors (held by the traceback) are freed first.
+        if out_of_memory:
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            settings = self.settings
+            raise TrainerError(
+                f"Out of memory while training at {settings.resolution} px with batch size {settings.batch_size}; "
+                "use batch size 1, turn on gradient checkpointing, or lower the resolution."
+            )
+        raise AssertionError("unreachable")
+
+    def _run(self) -> TrainResult:
         settings = self.settings
         self.checkpoints: list[str] = []
         self.loss_history: list[float] = []

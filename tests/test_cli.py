@@ -36,7 +36,7 @@ def test_train_command_on_diffusers_folder_with_checkpoints(tiny_assets, dataset
     )
     assert process.returncode == 0, process.stderr
     assert output.is_file() and summary["lora_path"] == str(output)
-    assert sorted(p.name for p in (tmp_path / "ck").iterdir()) == ["checkpoint-000002", "checkpoint-000004"]
+    assert sorted(p.name for p in (tmp_path / "ck").iterdir() if not p.name.startswith(".")) == ["checkpoint-000002", "checkpoint-000004"]
     assert digest(dataset_dir) == before, "the dataset folder must never be written"
 
 

@@ -110,3 +110,34 @@ def test_lock_dies_with_its_process(tmp_path):
     holder.wait()
     with FolderLock(tmp_path / "ck"):
         pass
+
+
+def test_out_of_memory_gives_advice_and_restores_the_base(base_model, dataset, monkeypatch):
+    from core.lora import LoRASettings
+    from core.training import Trainer, TrainSettings
+
+    def exhausted(self, step, parameters):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Trainer, "_train_step", exhausted)
+    settings = TrainSettings(steps=3, resolution=64, batch_size=2, precision="fp32")
+    with pytest.raises(TrainerError, match="Out of memory.*batch size 1.*gradient checkpointing.*lower the resolution"):
+        Trainer(base_model, dataset, LoRASettings(rank=2), settings).run()
+    assert not any("lora" in name for name, _ in base_model.unet.named_modules())
+
+
+def test_leftovers_of_a_killed_save_are_cleaned_and_checkpoints_kept(base_model, dataset, tmp_path):
+    from core.lora import LoRASettings
+    from core.training import train, TrainSettings
+
+    checkpoint_dir = tmp_path / "ck"
+    settings = TrainSettings(steps=2, resolution=64, batch_size=2, precision="fp32", save_every=1)
+    train(base_model, dataset, LoRASettings(rank=2), settings, checkpoint_dir=checkpoint_dir)
+    (checkpoint_dir / ".checkpoint-000003.partial").mkdir()
+    (checkpoint_dir / ".checkpoint-000003.partial" / "lora.safetensors").write_bytes(b"half")
+    (checkpoint_dir / ".lora.safetensors.abc.tmp").write_bytes(b"half")
+    resumed = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**settings.__dict__, "steps": 3}),
+                    checkpoint_dir=checkpoint_dir, resume_from=checkpoint_dir)
+    assert resumed.resumed_from_step == 2
+    names = sorted(p.name for p in checkpoint_dir.iterdir() if p.name != ".training.lock")
+    assert names == ["checkpoint-000001", "checkpoint-000002", "checkpoint-000003"]

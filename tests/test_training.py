@@ -159,7 +159,7 @@ def test_resume_with_other_rank_is_refused(base_model, dataset, tmp_path):
 
 def test_save_every_writes_loadable_checkpoints(base_model, dataset, tmp_path):
     result = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "save_every": 2}), checkpoint_dir=tmp_path / "ck")
-    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir() if not p.name.startswith("."))
     assert names == ["checkpoint-000002", "checkpoint-000004", "checkpoint-000006"]
     assert read_lora_file(tmp_path / "ck" / "checkpoint-000004" / "lora.safetensors").metadata["ss_steps"] == "4"
     assert len(result.checkpoints) == 3

@@ -20,9 +20,9 @@ def test_keep_last_prunes_and_reports_disk_use(tiny_assets, shapes, tmp_path):
     events = []
     result = train(tiny_assets["model"], shapes, LoRASettings(rank=2), TrainSettings(**QUICK, save_every=1, keep_last=2),
                    checkpoint_dir=tmp_path / "ck", progress=events.append)
-    names = sorted(p.name for p in (tmp_path / "ck").iterdir())
+    names = sorted(p.name for p in (tmp_path / "ck").iterdir() if not p.name.startswith("."))
     assert names == ["checkpoint-000003", "checkpoint-000004"]
-    on_disk = sum(f.stat().st_size for f in (tmp_path / "ck").rglob("*") if f.is_file())
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "ck").rglob("*") if f.is_file() and f.name != ".training.lock")
     assert result.checkpoint_bytes == on_disk and result.summary()["checkpoint_megabytes"] == round(on_disk / 2**20, 2)
     assert [c.rsplit("/", 1)[-1] for c in result.checkpoints] == names
     assert "removed checkpoint-000001" in [e for e in events if e.phase == "save"][2].message
