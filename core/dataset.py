@@ -159,6 +159,8 @@ def open_rgb_image(path_or_file):
             return to_rgb(image)
     except DatasetError:
         raise
+    except Image.DecompressionBombError:
+        raise DatasetError(too_large_message(name)) from None
     except Exception as error:
         raise DatasetError(f"Image {name} could not be read ({error.__class__.__name__}: {error}); remove or re-save it.") from None
 
@@ -173,10 +175,15 @@ def oriented_size(image) -> tuple[int, int]:
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
+def too_large_message(name: str, size: tuple[int, int] | None = None) -> str:
+    dimensions = f"{size[0]}x{size[1]} pixels" if size else "larger than PIL will decode safely"
+    return f"Image {name} is {dimensions}, over the {MAX_IMAGE_PIXELS // 2**20} Mpx limit (a decompression-bomb guard); downscale it first."
+
+
 def check_image_size(size: tuple[int, int], name: str) -> None:
     width, height = size
     if width * height > MAX_IMAGE_PIXELS:
-        raise DatasetError(f"Image {name} is {width}x{height} pixels, over the {MAX_IMAGE_PIXELS // 2**20} Mpx limit; downscale it first.")
+        raise DatasetError(too_large_message(name, size))
     if min(width, height) < 8:
         raise DatasetError(f"Image {name} is only {width}x{height} pixels; training images must be at least 8 px on each side.")
 
@@ -292,6 +299,8 @@ def _check_headers(images: list[Path], root: Path) -> dict[Path, tuple[int, int]
                 sizes[path] = oriented_size(image)
         except DatasetError:
             raise
+        except Image.DecompressionBombError:
+            raise DatasetError(too_large_message(str(path.relative_to(root)))) from None
         except PermissionError:
             raise DatasetError(f"Image {path} is not readable by this process; check its permissions.") from None
         except Exception:

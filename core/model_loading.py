@@ -75,6 +75,8 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
             (length,) = struct.unpack("<Q", raw_length)
             if length > MAX_HEADER_BYTES:
                 raise ModelLoadError(f"{path.name} is not a valid safetensors file (header length {length} is implausible).")
+            if 8 + length > path.stat().st_size:
+                raise ModelLoadError(f"{path.name} is truncated (it ends inside its own header); download it again.")
             header = json.loads(handle.read(length))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise ModelLoadError(f"{path.name} is not a valid safetensors file ({error.__class__.__name__} in its header).") from None
