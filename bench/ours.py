@@ -50,7 +50,7 @@ def main() -> None:
     settings = TrainSettings(
         steps=args.steps, learning_rate=1e-4, batch_size=args.batch_size, resolution=args.resolution, seed=0,
         lr_scheduler="constant", precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
-        cache_latents=not args.no_cache, cache_text=not args.no_cache, random_flip=False,
+        cache_latents=not args.no_cache, cache_text=not args.no_cache, random_flip=False, optimizer=args.optimizer,
     )
     trainer = Trainer(
         base, dataset, LoRASettings(rank=args.rank, targets=args.targets), settings,
