@@ -259,7 +259,8 @@ def _is_text(feature) -> bool:
 
     if isinstance(feature, datasets.Value):
         return feature.dtype in ("string", "large_string")
-    if isinstance(feature, (datasets.Sequence, datasets.List, datasets.LargeList)) if hasattr(datasets, "List") else isinstance(feature, datasets.Sequence):
+    list_types = tuple(getattr(datasets, name) for name in ("Sequence", "List", "LargeList") if isinstance(getattr(datasets, name, None), type))
+    if isinstance(feature, list_types):  # COCO-style lists of captions: the first one is used
         inner = getattr(feature, "feature", None)
         return isinstance(inner, datasets.Value) and inner.dtype in ("string", "large_string")
     return False

@@ -140,3 +140,9 @@ def test_folder_without_data_files(tmp_path):
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(DatasetError, match=r"is a file but not a data file"):
         load_hf_dataset(tmp_path / "notes.md")
+
+
+def test_list_of_captions_uses_the_first(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string"))})
+    datasets.Dataset.from_dict({"image": [png_bytes()], "captions": [["first one", "second one"]]}, features=features).save_to_disk(str(tmp_path / "s"))
+    assert load_hf_dataset(tmp_path / "s").entries[0].caption == "first one"
