@@ -87,8 +87,10 @@ def caption_dataset(
     elif method == "blip":
         note = "BLIP skipped: every image already has a caption (set overwrite to redo them)"
     if trigger or prefix or suffix:
-        captions = [add_tags(c, trigger, prefix, suffix) if c else add_tags("", trigger, prefix, suffix) for c in captions]
+        captions = [add_tags(c, trigger, prefix, suffix) for c in captions]
         note = "; ".join(n for n in (note, f"trigger {trigger!r} added" if trigger else "") if n)
+    if captions == [entry.caption for entry in dataset.entries] and not note:
+        return dataset  # nothing changed: same dataset, same hash (caches stay valid)
     return dataset.with_captions(captions, note)
 
 

@@ -596,4 +596,7 @@ class BytesOpener:
 
 def image_size(entry: Entry) -> tuple[int, int]:
     """The entry's (width, height) as displayed: known from indexing, or read from the image."""
-    return entry.size if entry.size is not None else entry.open_image().size
+    if entry.size is not None:
+        return entry.size
+    header_size = getattr(entry.open_image, "size", None)
+    return header_size() if callable(header_size) else entry.open_image().size

@@ -22,13 +22,14 @@ Both can be named instead; a name that is not there gets an error listing the co
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import re
 from pathlib import Path
 
 from .dataset import (
     CAPTION_COLUMNS, METADATA_FILES, BytesOpener, Entry, ImageCaptionDataset, clean_caption, load_folder_dataset,
-    open_rgb_image, pick_caption_column,
+    open_rgb_image, oriented_size, pick_caption_column,
 )
 from .errors import DatasetError
 
@@ -258,7 +259,8 @@ def _is_text(feature) -> bool:
 
     if isinstance(feature, datasets.Value):
         return feature.dtype in ("string", "large_string")
-    if isinstance(feature, (datasets.Sequence, datasets.List, datasets.LargeList)) if hasattr(datasets, "List") else isinstance(feature, datasets.Sequence):
+    list_types = tuple(getattr(datasets, name) for name in ("Sequence", "List", "LargeList") if isinstance(getattr(datasets, name, None), type))
+    if isinstance(feature, list_types):  # COCO-style lists of captions: the first one is used
         inner = getattr(feature, "feature", None)
         return isinstance(inner, datasets.Value) and inner.dtype in ("string", "large_string")
     return False
@@ -279,3 +281,15 @@ class _RowImage:
         if cell.get("path"):
             return open_rgb_image(cell["path"])
         raise DatasetError(f"The image in {self.label} has neither bytes nor a path; remove that row.")
+
+    def size(self) -> tuple[int, int]:
+        """(width, height) as displayed, from the header only (bucketing needs sizes, not pixels)."""
+        from PIL import Image
+
+        cell = self.table[self.index][self.column] or {}
+        try:
+            source = io.BytesIO(cell["bytes"]) if cell.get("bytes") else cell.get("path")
+            with Image.open(source) as image:
+                return oriented_size(image)
+        except Exception:
+            return self().size  # let the full open report what is wrong with it

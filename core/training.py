@@ -337,9 +337,9 @@ class Trainer:
             return (self.settings.resolution, self.settings.resolution)
         if getattr(self, "_entry_buckets", None) is None:
             grid = buckets_lib.bucket_grid(self.settings.bucket_area)
-            self._entry_buckets = [
-                buckets_lib.assign_bucket(image_size(entry), grid, self.settings.no_upscale) for entry in self.dataset.entries
-            ]
+            self._entry_sizes = [image_size(entry) for entry in self.dataset.entries]
+            self._entry_buckets = [buckets_lib.assign_bucket(size, grid, self.settings.no_upscale) for size in self._entry_sizes]
+            self._batches_per_epoch = buckets_lib.batches_per_epoch([self._entry_buckets[i] for i in self.pool], self.settings.batch_size)
         return self._entry_buckets[entry_index]
 
     def bucket_counts(self) -> dict[tuple[int, int], int]:
@@ -409,7 +409,8 @@ class Trainer:
     def _batch_indices(self, step: int, micro: int) -> list[int]:
         if self.settings.bucket:
             number = step * self.settings.grad_accum + micro
-            per_epoch = buckets_lib.batches_per_epoch([self._bucket_of(i) for i in self.pool], self.settings.batch_size)
+            self._bucket_of(0)  # assigns every bucket once
+            per_epoch = self._batches_per_epoch
             indices = BatchIndices(self.pool[p] for p in self._bucket_batches(number // per_epoch)[number % per_epoch])
         else:
             first = (step * self.settings.grad_accum + micro) * self.settings.batch_size
@@ -480,7 +481,7 @@ class Trainer:
             metadata["ss_bucket_info"] = {
                 "buckets": {str(i): {"resolution": list(b), "count": n} for i, (b, n) in enumerate(sorted(counts.items()))},
                 "mean_img_ar_error": statistics.fmean(
-                    abs(w / h - b[0] / b[1]) for (w, h), b in ((image_size(e), self._bucket_of(i)) for i, e in enumerate(self.dataset.entries))
+                    abs(w / h - b[0] / b[1]) for (w, h), b in zip(self._entry_sizes, self._entry_buckets)
                 ),
             }
         return metadata

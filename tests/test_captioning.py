@@ -60,6 +60,7 @@ def test_trigger_method_changes_captions_and_hash(dataset_dir, digest):
     assert triggered.content_hash != dataset.content_hash
     assert "trigger 'shapez' added" in triggered.summary()
     assert dataset.entries[0].caption.startswith("a ")  # the input dataset is not changed
+    assert caption_dataset(dataset, "keep") is dataset  # nothing to do: same hash, caches stay valid
     assert digest(dataset_dir) == before
 
 

@@ -41,6 +41,9 @@ def test_save_to_disk_dataset_dict_with_splits(tmp_path, digest):
     assert len(dataset) == 5 and dataset.entries[0].caption == "a drawing of pokemon 0"
     assert "captions from column 'en_text'" in dataset.summary() and dataset.layout == "hf save_to_disk, split train"
     assert dataset.entries[3].open_image().size == (43, 24)
+    from core.dataset import image_size
+
+    assert image_size(dataset.entries[4]) == (44, 24)  # read from the header for bucketing
     assert len(load_hf_dataset(folder, split="test")) == 2
     assert load_hf_dataset(folder, caption_column="zh_text").entries[0].caption == "宝可梦"
     with pytest.raises(DatasetError, match=r"Split 'validation' is not in .*; its splits are: train, test"):
@@ -137,3 +140,9 @@ def test_folder_without_data_files(tmp_path):
     (tmp_path / "notes.md").write_text("x")
     with pytest.raises(DatasetError, match=r"is a file but not a data file"):
         load_hf_dataset(tmp_path / "notes.md")
+
+
+def test_list_of_captions_uses_the_first(tmp_path):
+    features = datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string"))})
+    datasets.Dataset.from_dict({"image": [png_bytes()], "captions": [["first one", "second one"]]}, features=features).save_to_disk(str(tmp_path / "s"))
+    assert load_hf_dataset(tmp_path / "s").entries[0].caption == "first one"
