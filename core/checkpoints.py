@@ -25,7 +25,10 @@ from .errors import TrainerError
 CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
 # Settings that change what a step means, or what the optimizer state is; a resume must keep them.
 # Learning rates, schedule, total steps, loss weighting and save/sample intervals may change.
-RESUME_INVARIANTS = ("resolution", "batch_size", "grad_accum", "seed", "crop", "random_flip", "optimizer")
+RESUME_INVARIANTS = (
+    "resolution", "batch_size", "grad_accum", "seed", "crop", "random_flip", "optimizer",
+    "bucket", "max_area", "no_upscale", "caption_dropout", "shuffle_tags", "keep_tokens", "tag_dropout",
+)
 # Values a checkpoint written before a setting existed implicitly had.
 DEFAULTS_BEFORE = {"optimizer": "adamw", "conv_rank": None, "conv_alpha": None, "use_dora": False}
 

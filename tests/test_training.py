@@ -217,3 +217,13 @@ def test_auto_precision_on_cpu_follows_bf16_support(monkeypatch):
         cpu_has_native_bf16.cache_clear()
         assert resolve_precision("auto", torch.device("cpu")) == expected
     cpu_has_native_bf16.cache_clear()
+
+
+def test_resume_with_buckets_switched_on_is_refused(base_model, dataset, tmp_path):
+    from core.errors import TrainerError
+
+    settings = TrainSettings(**{**FAST, "steps": 2})
+    train(base_model, dataset, LoRASettings(rank=2), settings, checkpoint_dir=tmp_path / "ck")
+    with pytest.raises(TrainerError, match="bucket False vs True"):
+        train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 3, "bucket": True}),
+              checkpoint_dir=tmp_path / "ck", resume_from=tmp_path / "ck")
