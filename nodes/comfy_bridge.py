@@ -55,9 +55,13 @@ class ComfyAPI:
 
     def tokenizer_dir(self) -> str:
         """ComfyUI ships the SD1.x CLIP tokenizer (vocab.json + merges.txt) as comfy/sd1_tokenizer."""
-        import comfy
+        import comfy  # a namespace package in ComfyUI: no __file__, but a __path__
 
-        return os.path.join(os.path.dirname(comfy.__file__), "sd1_tokenizer")
+        for folder in list(getattr(comfy, "__path__", [])):
+            candidate = os.path.join(folder, "sd1_tokenizer")
+            if os.path.isfile(os.path.join(candidate, "vocab.json")):
+                return candidate
+        return os.path.join(os.path.dirname(os.path.abspath(comfy.__file__ or "")), "sd1_tokenizer")
 
     # ------------------------------------------------------------------ memory and device
 
