@@ -75,7 +75,9 @@ class LoadBaseCheckpoint:
 
         path, is_folder = resolve_checkpoint(checkpoint)
         tokenizer = None if is_folder and (path / "tokenizer" / "vocab.json").is_file() else api().tokenizer_dir()
-        base = load_base_model(path, tokenizer)
+        # ComfyUI runs nodes under torch.inference_mode(); tensors made there can never join autograd, so load outside it.
+        with torch.inference_mode(False):
+            base = load_base_model(path, tokenizer)
         device = api().torch_device()
         chosen = precision if precision != "auto" else ("fp16" if getattr(device, "type", "cpu") != "cpu" else "fp32")
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[chosen]
@@ -303,7 +305,8 @@ class TrainLoRA:
                 base, dataset, lora_config, settings, device=bridge.torch_device(), progress=progress,
                 should_stop=bridge.interrupted, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
             )
-            result = trainer.run()
+            with torch.inference_mode(False), torch.enable_grad():  # ComfyUI executes nodes in inference mode
+                result = trainer.run()
             step = result.steps
             status = "interrupted" if result.interrupted else "done"
         except torch.OutOfMemoryError:

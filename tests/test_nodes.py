@@ -44,14 +44,16 @@ def node(name):
 
 
 def build_inputs(comfy, dataset_dir, rank=4):
-    (base,) = node("LoadBaseCheckpoint").load("tiny_sd15.safetensors", "auto")
-    (data,) = node("FolderDataset").load(str(dataset_dir), "auto", 1)
-    (config,) = node("LoRAConfig").configure(rank, 0.0, 0.0, "kohya", False)
+    with torch.inference_mode():  # as ComfyUI runs every node
+        (base,) = node("LoadBaseCheckpoint").load("tiny_sd15.safetensors", "auto")
+        (data,) = node("FolderDataset").load(str(dataset_dir), "auto", 1)
+        (config,) = node("LoRAConfig").configure(rank, 0.0, 0.0, "kohya", False)
     return base, data, config
 
 
 def train(base, data, config, unique_id="7", **overrides):
-    return node("TrainLoRA").train(base, data, config, **{**FAST_TRAIN, **overrides}, unique_id=unique_id)
+    with torch.inference_mode():  # as ComfyUI runs every node: training must step out of it itself
+        return node("TrainLoRA").train(base, data, config, **{**FAST_TRAIN, **overrides}, unique_id=unique_id)
 
 
 # --------------------------------------------------------------------------- interface
