@@ -8,6 +8,7 @@ imports (and is unit-tested) without ComfyUI; tests install a stand-in with
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Callable
 
 LORA_LOGS = "lora_logs"
@@ -97,6 +98,12 @@ class ComfyAPI:
             # Broadcast (sid None): a page reloaded mid-run has a new client id and must still get the chart.
             instance.send_sync(event, data, None)
 
+    def interrupt_exception(self) -> type[BaseException]:
+        """What ComfyUI raises on Cancel, also from inside ProgressBar.update_absolute (its progress hook checks)."""
+        import comfy.model_management as mm
+
+        return mm.InterruptProcessingException
+
     def interrupted(self) -> bool:
         import comfy.model_management as mm
 
@@ -110,11 +117,10 @@ class ComfyAPI:
 
     def add_route(self, path: str, handler: Callable) -> bool:
         """Register a GET route on ComfyUI's server; False when there is no server (CLI, tests)."""
-        try:
-            from server import PromptServer
-        except ImportError:
-            return False
-        instance = getattr(PromptServer, "instance", None)
+        # Only a server that is already running counts: importing ComfyUI's server module from
+        # elsewhere (a script, a test) would start up all of ComfyUI.
+        server = sys.modules.get("server")
+        instance = getattr(getattr(server, "PromptServer", None), "instance", None)
         if instance is None:
             return False
         from aiohttp import web

@@ -23,9 +23,9 @@ def _thin(values: list[float]) -> list[float]:
     return [values[int(i * stride)] for i in range(MAX_POINTS)]
 
 
-def start(node_id: str, total: int, loss: list[float] | None = None) -> None:
+def start(node_id: str, total: int, loss: list[float] | None = None, resumed_from: int = 0) -> None:
     with _lock:
-        _runs[node_id] = {"node": node_id, "total": total, "step": len(loss or []), "loss": list(loss or []), "status": "running"}
+        _runs[node_id] = {"node": node_id, "total": total, "step": resumed_from, "loss": list(loss or []), "status": "running", "resumed_from": resumed_from}
 
 
 def record(node_id: str, step: int, loss: float, info: dict[str, Any]) -> None:

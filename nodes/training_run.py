@@ -52,9 +52,18 @@ class ComfyProgress:
         self._pending: list[float] = []
         self._last: dict[str, Any] = {}
         if resumed_from:
-            self.bar.update_absolute(resumed_from, total)
-        run_log.start(self.node_id, total, run_log_prefix(self.node_id, resumed_from))
+            self._advance_bar(resumed_from, total)
+        run_log.start(self.node_id, total, run_log_prefix(self.node_id, resumed_from), resumed_from)
         self._send({"phase": "start", "step": resumed_from, "total": total, "resumed_from": resumed_from})
+
+    def _advance_bar(self, value: int, total: int, preview=None) -> None:
+        # ComfyUI's progress hook raises its interrupt exception when Cancel was pressed. Raised here,
+        # inside core's step, it would skip the checkpoint; swallowed, core sees the same flag through
+        # should_stop before the next step, saves a resumable checkpoint and returns.
+        try:
+            self.bar.update_absolute(value, total, preview)
+        except self.bridge.interrupt_exception():
+            pass
 
     def _send(self, data: dict[str, Any]) -> None:
         self.bridge.send_event(PROGRESS_EVENT, {"node": self.node_id, **data})
@@ -63,7 +72,7 @@ class ComfyProgress:
         self.console(event)
         if event.phase == "train":
             preview = ("JPEG", event.preview, PREVIEW_SIZE) if event.preview is not None else None
-            self.bar.update_absolute(event.step, event.total, preview)
+            self._advance_bar(event.step, event.total, preview)
             info = event.as_dict()
             run_log.record(self.node_id, event.step, event.loss, {k: info[k] for k in ("total", "smoothed_loss", "lr", "seconds_per_step", "eta_seconds")})
             self._pending.append(float(event.loss))

@@ -38,9 +38,11 @@ class RecordingBar:
         self.owner, self.total, self.node_id, self.updates = owner, total, node_id, []
 
     def update_absolute(self, value, total=None, preview=None):
-        self.updates.append((value, total, preview))
         if self.owner.interrupt_at_step is not None and value >= self.owner.interrupt_at_step:
             self.owner.interrupt = True  # as if the user pressed Cancel while this step ran
+        self.updates.append((value, total, preview))
+        if self.owner.interrupt:
+            raise Interrupted()  # ComfyUI's progress hook throws once Cancel was pressed
 
 
 class StandinComfy:
@@ -106,6 +108,9 @@ class StandinComfy:
 
     def send_event(self, event, data):
         self.events.append((event, copy.deepcopy(data)))
+
+    def interrupt_exception(self):
+        return Interrupted
 
     def interrupted(self):
         return self.interrupt

@@ -211,3 +211,41 @@ def test_train_save_and_sample_with_stock_lora_loader(server):
     assert not_loaded == [], not_loaded[:5]
     assert log.count("step 4/4") == 1, "re-queueing the unchanged training part must not retrain"
     assert "16" in second["outputs"] and "23" in second["outputs"]
+
+
+def test_cancel_then_queue_again_resumes(server):
+    data_dir = str(server.base / "input" / "shapes")
+    graph = training_graph(data_dir, steps=6)
+    graph["5"]["inputs"].update(checkpoint_folder="cancel_resume", save_every=0)
+    graph["6"]["inputs"]["lora_name"] = "cancel_resume_lora"
+    prompt_id = _post(server.url + "/prompt", {"prompt": graph, "client_id": "integration-test"})["prompt_id"]
+    deadline = time.time() + 600
+    while time.time() < deadline:  # cancel once two steps are done, as a user pressing Cancel would
+        try:
+            run = _get(server.url + "/lora_trainer/last_run/5")
+        except urllib.error.HTTPError:
+            run = {}
+        if run.get("status") == "running" and run.get("points", 0) >= 2:
+            break
+        time.sleep(0.5)
+    urllib.request.urlopen(urllib.request.Request(server.url + "/interrupt", data=b"{}", method="POST"), timeout=10)
+    while time.time() < deadline:
+        history = _get(f"{server.url}/history/{prompt_id}")
+        if prompt_id in history:
+            break
+        time.sleep(1)
+    messages = [kind for kind, _ in history[prompt_id]["status"]["messages"]]
+    print("cancelled prompt messages:", messages)
+    assert "execution_interrupted" in messages
+    saved = sorted(p.name for p in (server.base / "models" / "lora_logs" / "cancel_resume").iterdir())
+    print("checkpoints after cancel:", saved)
+    assert len(saved) == 1 and 2 <= int(saved[0].split("-")[1]) < 6
+    stopped_at = int(saved[0].split("-")[1])
+
+    resumed = server.run(graph)
+    print("re-queued prompt:", resumed["status"]["status_str"])
+    assert resumed["status"]["status_str"] == "success", json.dumps(resumed["status"])[:3000]
+    run = _get(server.url + "/lora_trainer/last_run/5")
+    assert run["points"] == 6 and run["status"] == "done", "the curve continues from the checkpoint"
+    assert run["resumed_from"] == stopped_at, "queueing again resumed from the checkpoint instead of starting over"
+    assert (server.base / "models" / "loras" / "cancel_resume_lora.safetensors").is_file()

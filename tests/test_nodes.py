@@ -152,6 +152,8 @@ def test_cancel_then_resume_reaches_the_uninterrupted_lora(comfy, dataset_dir):
     comfy.interrupt_at_step = None
     resumed_lora, resumed_loss = train(base, data, config, checkpoint_folder="cancelled", steps=8)
     assert comfy.bars[-1].updates[0][0] == 3, "the bar starts where the checkpoint left off"
+    status, record = run_log.handle_request({"node_id": "7"}, {})
+    assert record["resumed_from"] == 3 and record["points"] == 8, "the recorded curve continues the cancelled one"
     assert set(resumed_lora) == set(full_lora)
     assert max(float((resumed_lora[k] - full_lora[k]).abs().max()) for k in full_lora) <= 1e-6
     assert resumed_loss["loss"] == pytest.approx(full_loss["loss"], abs=1e-6)
