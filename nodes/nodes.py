@@ -303,7 +303,7 @@ class TrainLoRA:
         try:
             trainer = Trainer(
                 base, dataset, lora_config, settings, device=bridge.torch_device(), progress=progress,
-                should_stop=bridge.interrupted, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+                should_stop=progress.should_stop, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
             )
             with torch.inference_mode(False), torch.enable_grad():  # ComfyUI executes nodes in inference mode
                 result = trainer.run()

@@ -47,6 +47,7 @@ class ComfyProgress:
     def __init__(self, bridge, node_id: str, total: int, resumed_from: int = 0, interval: float = EVENT_INTERVAL):
         self.bridge, self.node_id, self.total, self.interval = bridge, node_id, total, interval
         self.bar = bridge.progress_bar(total, node_id or None)
+        self.cancel_requested = False
         self.console = ConsolePrinter(interval=10.0)
         self._last_sent = 0.0
         self._pending: list[float] = []
@@ -60,10 +61,15 @@ class ComfyProgress:
         # ComfyUI's progress hook raises its interrupt exception when Cancel was pressed. Raised here,
         # inside core's step, it would skip the checkpoint; swallowed, core sees the same flag through
         # should_stop before the next step, saves a resumable checkpoint and returns.
+        # ComfyUI clears its interrupt flag as it raises, so the cancel is remembered here.
         try:
             self.bar.update_absolute(value, total, preview)
         except self.bridge.interrupt_exception():
-            pass
+            self.cancel_requested = True
+
+    def should_stop(self) -> bool:
+        """core's stop check: Cancel seen by the progress bar, or ComfyUI's interrupt flag."""
+        return self.cancel_requested or self.bridge.interrupted()
 
     def _send(self, data: dict[str, Any]) -> None:
         self.bridge.send_event(PROGRESS_EVENT, {"node": self.node_id, **data})

@@ -42,7 +42,8 @@ class RecordingBar:
             self.owner.interrupt = True  # as if the user pressed Cancel while this step ran
         self.updates.append((value, total, preview))
         if self.owner.interrupt:
-            raise Interrupted()  # ComfyUI's progress hook throws once Cancel was pressed
+            self.owner.interrupt = False  # ComfyUI's progress hook clears the flag as it throws
+            raise Interrupted()
 
 
 class StandinComfy:

@@ -142,6 +142,6 @@ export function fromServerRun(run) {
   return {
     ...emptyState(), losses: run.loss, step: run.step | 0, total: run.total | 0, loss: run.loss.at(-1) ?? null,
     smoothed: run.smoothed_loss ?? null, lr: run.lr ?? null, secondsPerStep: run.seconds_per_step ?? null,
-    eta: run.eta_seconds ?? null, status: run.status || "done", message: "last run",
+    eta: run.eta_seconds ?? null, status: run.status || "done", message: run.status === "running" ? "" : "last run",
   };
 }
