@@ -174,3 +174,36 @@ def write_synthetic_dataset(root: Path, count: int = 8, size: int = 64, seed: in
         image.save(image_dir / f"{index}.png")
         (text_dir / f"{index}.txt").write_text(f"a {colour} {shape} on a {background} background")
     return root
+
+
+# A UNet ComfyUI accepts as SD1.5 (it detects the family from model_channels=320, context_dim=768 and
+# conv proj_in/out, with any depth) but with one level, so tests of the real ComfyUI train in seconds.
+# ComfyUI builds the VAE and CLIP-L from fixed configs, so those stay full size.
+COMFY_SHALLOW_UNET = {
+    "block_out_channels": [320],
+    "layers_per_block": 1,
+    "down_block_types": ["CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D"],
+    "cross_attention_dim": 768,
+    "attention_head_dim": 8,
+    "use_linear_projection": False,
+}
+
+
+def build_comfy_shallow_model(tokenizer_dir: Path, seed: int = 0) -> BaseModel:
+    """Random-weight model ComfyUI loads as SD1.5: shallow 320-channel UNet, full-size VAE and CLIP-L.
+
+    Pass ComfyUI's own ``comfy/sd1_tokenizer`` so the text encoder has CLIP-L's 49408-token vocabulary.
+    """
+    from diffusers import UNet2DConditionModel
+
+    model = build_base_model(tokenizer_dir, seed=seed, full_size=True)
+    config = {**load_json_config("sd15_unet.json"), **COMFY_SHALLOW_UNET}
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model.unet = UNet2DConditionModel.from_config(config).eval().requires_grad_(False)
+    finally:
+        torch.random.set_rng_state(generator_state)
+    model.source, model.source_hash = "built-in shallow SD1.5 (random weights)", f"builtin-comfy-shallow-{seed}"
+    return model

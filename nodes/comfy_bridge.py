@@ -1,0 +1,168 @@
+"""The only door from the node layer into ComfyUI.
+
+Every use of ``folder_paths``, ``comfy.*`` and ``server`` goes through the
+``ComfyAPI`` object returned by ``api()``. Its imports are lazy, so ``nodes``
+imports (and is unit-tested) without ComfyUI; tests install a stand-in with
+``use(...)``. Nothing here trains: it only translates.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any, Callable
+
+LORA_LOGS = "lora_logs"
+DIFFUSERS = "diffusers"
+PROGRESS_EVENT = "lora_trainer.progress"
+
+
+class ComfyAPI:
+    """The real ComfyUI, imported on first use."""
+
+    # ------------------------------------------------------------------ folders
+
+    def register_folders(self) -> None:
+        """Add models/lora_logs to ComfyUI's model folders (checkpoints of unfinished runs live there)."""
+        import folder_paths
+
+        if LORA_LOGS not in folder_paths.folder_names_and_paths:
+            folder_paths.add_model_folder_path(LORA_LOGS, os.path.join(folder_paths.models_dir, LORA_LOGS), is_default=True)
+
+    def folder_paths(self, kind: str) -> list[str]:
+        try:
+            import folder_paths
+
+            return list(folder_paths.get_folder_paths(kind))
+        except (ImportError, KeyError):  # no ComfyUI (introspection, tests) or an unknown folder kind
+            return []
+
+    def filename_list(self, kind: str) -> list[str]:
+        try:
+            import folder_paths
+
+            return list(folder_paths.get_filename_list(kind))
+        except (ImportError, KeyError):  # no ComfyUI (introspection, tests) or an unknown folder kind
+            return []
+
+    def full_path(self, kind: str, name: str) -> str | None:
+        import folder_paths
+
+        return folder_paths.get_full_path(kind, name)
+
+    def input_directory(self) -> str:
+        import folder_paths
+
+        return folder_paths.get_input_directory()
+
+    def tokenizer_dir(self) -> str:
+        """ComfyUI ships the SD1.x CLIP tokenizer (vocab.json + merges.txt) as comfy/sd1_tokenizer."""
+        import comfy  # a namespace package in ComfyUI: no __file__, but a __path__
+
+        for folder in list(getattr(comfy, "__path__", [])):
+            candidate = os.path.join(folder, "sd1_tokenizer")
+            if os.path.isfile(os.path.join(candidate, "vocab.json")):
+                return candidate
+        return os.path.join(os.path.dirname(os.path.abspath(comfy.__file__ or "")), "sd1_tokenizer")
+
+    # ------------------------------------------------------------------ memory and device
+
+    def torch_device(self):
+        import comfy.model_management as mm
+
+        return mm.get_torch_device()
+
+    def free_memory(self) -> None:
+        """Unload every model ComfyUI holds so that training has the accelerator to itself."""
+        import comfy.model_management as mm
+
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+
+    def empty_cache(self) -> None:
+        import comfy.model_management as mm
+
+        mm.soft_empty_cache()
+
+    # ------------------------------------------------------------------ progress, events, interrupt
+
+    def progress_bar(self, total: int, node_id: str | None):
+        import comfy.utils
+
+        return comfy.utils.ProgressBar(total, node_id=node_id)
+
+    def send_event(self, event: str, data: dict[str, Any]) -> None:
+        from server import PromptServer
+
+        instance = getattr(PromptServer, "instance", None)
+        if instance is not None:
+            # Broadcast (sid None): a page reloaded mid-run has a new client id and must still get the chart.
+            instance.send_sync(event, data, None)
+
+    def interrupt_exception(self) -> type[BaseException]:
+        """What ComfyUI raises on Cancel, also from inside ProgressBar.update_absolute (its progress hook checks)."""
+        import comfy.model_management as mm
+
+        return mm.InterruptProcessingException
+
+    def interrupted(self) -> bool:
+        import comfy.model_management as mm
+
+        return bool(mm.processing_interrupted())
+
+    def raise_interrupted(self) -> None:
+        """End the node the way ComfyUI's own Cancel does (the prompt shows as interrupted, not failed)."""
+        import comfy.model_management as mm
+
+        raise mm.InterruptProcessingException()
+
+    def add_route(self, path: str, handler: Callable) -> bool:
+        """Register a GET route on ComfyUI's server; False when there is no server (CLI, tests)."""
+        # Only a server that is already running counts: importing ComfyUI's server module from
+        # elsewhere (a script, a test) would start up all of ComfyUI.
+        server = sys.modules.get("server")
+        instance = getattr(getattr(server, "PromptServer", None), "instance", None)
+        if instance is None:
+            return False
+        from aiohttp import web
+
+        async def route(request):
+            status, body = handler(dict(request.match_info), dict(request.query))
+            return web.json_response(body, status=status)
+
+        instance.routes.get(path)(route)
+        return True
+
+    # ------------------------------------------------------------------ LoRA on ComfyUI models
+
+    def apply_lora(self, model, clip, tensors: dict, strength_model: float, strength_clip: float):
+        """Patch MODEL/CLIP with ComfyUI's own LoRA loader (the same path as its Load LoRA node)."""
+        import comfy.sd
+
+        return comfy.sd.load_lora_for_models(model, clip, dict(tensors), strength_model, strength_clip)
+
+
+_api: Any = None
+
+
+def api():
+    """The ComfyUI surface in use: the real one unless a stand-in was installed."""
+    global _api
+    if _api is None:
+        _api = ComfyAPI()
+    return _api
+
+
+def use(replacement) -> Any:
+    """Install a stand-in (tests); returns the previous API so it can be restored."""
+    global _api
+    previous, _api = _api, replacement
+    return previous
+
+
+def comfy_available() -> bool:
+    """True inside a running ComfyUI (folder_paths importable) — checked without importing heavy modules."""
+    try:
+        import folder_paths  # noqa: F401
+    except ImportError:
+        return False
+    return True

@@ -1,0 +1,432 @@
+"""The node classes: widgets in, core calls, typed objects out.
+
+Classic ComfyUI node interface (INPUT_TYPES / RETURN_TYPES / FUNCTION), so it
+runs on every ComfyUI release users have. Heavy imports (torch, diffusers,
+datasets) happen inside the node functions, never at import.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import replace
+from pathlib import Path
+
+from ..core.errors import DatasetError, ModelLoadError, OutputPathError, TrainerError
+
+from . import types as T
+from .comfy_bridge import DIFFUSERS, LORA_LOGS, api
+from .safe_names import safe_child
+
+CATEGORY = "LoRA Trainer"
+PREFIX = "LoRATrainer_"
+DIFFUSERS_TAG = "[diffusers] "
+CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
+PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+
+
+# --------------------------------------------------------------------------- base model
+
+
+def checkpoint_choices() -> list[str]:
+    bridge = api()
+    files = [name for name in bridge.filename_list("checkpoints") if name.lower().endswith(CHECKPOINT_EXTENSIONS)]
+    folders = []
+    for root in bridge.folder_paths(DIFFUSERS):
+        if os.path.isdir(root):
+            folders += sorted(entry.name for entry in os.scandir(root) if entry.is_dir() and os.path.isfile(os.path.join(entry.path, "model_index.json")))
+    return files + [DIFFUSERS_TAG + name for name in folders]
+
+
+def resolve_checkpoint(name: str) -> tuple[Path, bool]:
+    """(path, is_diffusers_folder) for a name from checkpoint_choices, never outside ComfyUI's model folders."""
+    bridge = api()
+    if name.startswith(DIFFUSERS_TAG):
+        folder_name = name[len(DIFFUSERS_TAG):]
+        for root in bridge.folder_paths(DIFFUSERS):
+            candidate = safe_child(root, folder_name, "diffusers folder name")
+            if (candidate / "model_index.json").is_file():
+                return candidate, True
+        raise ModelLoadError(f"Diffusers folder {folder_name!r} was not found in ComfyUI's models/diffusers.")
+    path = bridge.full_path("checkpoints", name)
+    if not path:
+        raise ModelLoadError(f"Checkpoint {name!r} was not found in ComfyUI's models/checkpoints; refresh the node list.")
+    return Path(path), False
+
+
+class LoadBaseCheckpoint:
+    DESCRIPTION = "Load an SD1.x checkpoint (single file from models/checkpoints or a diffusers folder from models/diffusers) as the base model to train a LoRA on. Works offline; the CLIP tokenizer comes from ComfyUI itself."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (T.BASE,)
+    RETURN_NAMES = ("base",)
+    OUTPUT_TOOLTIPS = ("The base model (UNet, VAE, text encoder, tokenizer) for TrainLoRA.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "checkpoint": (checkpoint_choices(), {"tooltip": "SD1.x checkpoint from models/checkpoints, or a diffusers folder from models/diffusers ([diffusers] prefix)."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": "Storage precision of the UNet and text encoder: auto = fp16 on a GPU, fp32 on the CPU. The VAE always stays fp32 (SD1.x's VAE overflows in fp16)."}),
+        }}
+
+    def load(self, checkpoint, precision):
+        import torch
+
+        from ..core.model_loading import load_base_model
+
+        path, is_folder = resolve_checkpoint(checkpoint)
+        tokenizer = None if is_folder and (path / "tokenizer" / "vocab.json").is_file() else api().tokenizer_dir()
+        # ComfyUI runs nodes under torch.inference_mode(); tensors made there can never join autograd, so load outside it.
+        with torch.inference_mode(False):
+            base = load_base_model(path, tokenizer)
+        device = api().torch_device()
+        chosen = precision if precision != "auto" else ("fp16" if getattr(device, "type", "cpu") != "cpu" else "fp32")
+        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[chosen]
+        if dtype != torch.float32:
+            base.unet.to(dtype)
+            base.text_encoder.to(dtype)
+        return (base,)
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _folder_fingerprint(folder: str) -> str:
+    """Names, sizes and times of the files below ``folder``: changes when images or captions change, and only then."""
+    digest = hashlib.sha256(folder.encode())
+    root = Path(folder).expanduser()
+    if root.is_dir():
+        for path in sorted(root.rglob("*")):
+            try:
+                stat = path.stat()
+            except OSError:
+                continue
+            digest.update(f"{path.relative_to(root)}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+class FolderDataset:
+    DESCRIPTION = "A folder of captioned images: image/ + text/ subfolders with matching names (0.png + 0.txt), or images with .txt captions beside them. The folder is only read, never written."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (T.DATASET,)
+    RETURN_NAMES = ("dataset",)
+    OUTPUT_TOOLTIPS = ("Images with captions for TrainLoRA or Captioner.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "folder": ("STRING", {"default": "", "tooltip": "Absolute path of the dataset folder (or a path relative to ComfyUI's input folder)."}),
+            "layout": (["auto", "image-text", "sidecar"], {"default": "auto", "tooltip": "auto: image/ + text/ when both exist, else sidecar .txt files beside each image."}),
+            "repeats": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip": "How many times each image is seen per epoch."}),
+        }}
+
+    @classmethod
+    def IS_CHANGED(cls, folder, layout, repeats):
+        # Re-read (and retrain) only when files in the folder change; the same folder gives the same value.
+        return _folder_fingerprint(_dataset_folder(folder))
+
+    def load(self, folder, layout, repeats):
+        from ..core.dataset import load_folder_dataset
+
+        return (load_folder_dataset(_dataset_folder(folder), layout=layout, repeats=repeats),)
+
+
+def _dataset_folder(folder: str) -> str:
+    text = (folder or "").strip()
+    if text and not os.path.isabs(os.path.expanduser(text)):
+        input_dir = getattr(api(), "input_directory", lambda: None)()
+        if input_dir:
+            return os.path.join(input_dir, text)
+    return text
+
+
+class HFDataset:
+    DESCRIPTION = "A Hugging Face image-caption dataset: a hub id (downloaded once into the standard HF cache), a save_to_disk folder, or parquet files. No remote code is ever run."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (T.DATASET,)
+    RETURN_NAMES = ("dataset",)
+    OUTPUT_TOOLTIPS = ("Images with captions for TrainLoRA or Captioner.",)
+    FUNCTION = "load"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dataset": ("STRING", {"default": "svjack/pokemon-blip-captions-en-zh", "tooltip": "Hub id (owner/name), a save_to_disk folder, or a parquet file/folder."}),
+            "split": ("STRING", {"default": "train", "tooltip": "Which split to use."}),
+            "image_column": ("STRING", {"default": "auto", "tooltip": "Column holding the images; auto picks the first image column."}),
+            "caption_column": ("STRING", {"default": "auto", "tooltip": "Column holding the captions; auto prefers text/caption/en_text/prompt, else the first text column."}),
+            "max_samples": ("INT", {"default": 0, "min": 0, "max": 1_000_000, "tooltip": "Use only the first N rows; 0 uses all."}),
+        }}
+
+    def load(self, dataset, split, image_column, caption_column, max_samples):
+        from .hf_dataset import load_hf_dataset
+
+        return (load_hf_dataset(dataset, split, image_column.strip() or "auto", caption_column.strip() or "auto", max_samples),)
+
+
+CAPTION_METHODS = ["keep", "from file name", "trigger word only"]
+
+
+class Captioner:
+    DESCRIPTION = "Rewrite a dataset's captions: keep them, take them from the image file names, or use only the trigger word; the trigger word is put first in every caption."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (T.DATASET,)
+    RETURN_NAMES = ("dataset",)
+    OUTPUT_TOOLTIPS = ("The same images with the new captions.",)
+    FUNCTION = "caption"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "dataset": (T.DATASET, {"tooltip": "Images with captions from FolderDataset or HFDataset."}),
+            "method": (CAPTION_METHODS, {"default": "keep", "tooltip": "keep: existing captions; from file name: 'red_fox-01.png' becomes 'red fox'; trigger word only: every caption is just the trigger word."}),
+            "trigger_word": ("STRING", {"default": "", "tooltip": "A rare word that will call up the LoRA's subject (e.g. 'sks style'); put at the start of each caption. Empty: none."}),
+        }}
+
+    def caption(self, dataset, method, trigger_word):
+        from ..core.dataset import hash_entries
+
+        trigger = " ".join((trigger_word or "").split())
+        if method not in CAPTION_METHODS:
+            raise DatasetError(f"Caption method must be one of {', '.join(CAPTION_METHODS)}, got {method!r}.")
+        if method == "trigger word only" and not trigger:
+            raise DatasetError("The 'trigger word only' method needs a trigger word.")
+        entries = []
+        for entry in dataset.entries:
+            caption = entry.caption
+            if method == "from file name":
+                caption = _caption_from_name(entry.name)
+            elif method == "trigger word only":
+                caption = ""
+            if trigger and not caption.startswith(trigger):
+                caption = f"{trigger}, {caption}" if caption else trigger
+            entries.append(replace(entry, caption=caption))
+        # The new hash covers the old content hash and the new captions, so resumes notice a caption change.
+        content_hash = hash_entries([(dataset.content_hash, b"", "\n".join(e.caption for e in entries))])
+        notes = list(dataset.notes) + [f"captions: {method}" + (f", trigger {trigger!r}" if trigger else "")]
+        return (type(dataset)(entries=entries, source=dataset.source, layout=dataset.layout, content_hash=content_hash, notes=notes),)
+
+
+def _caption_from_name(name: str) -> str:
+    import re
+
+    stem = Path(name).stem
+    words = " ".join(re.sub(r"[_\-.]+", " ", stem).split())
+    return re.sub(r"\s+\(?\d+\)?$", "", words)  # drop trailing copy numbers: 'fox 01', 'fox (2)'; '0' stays
+
+
+# --------------------------------------------------------------------------- LoRA settings and training
+
+
+class LoRAConfig:
+    DESCRIPTION = "The shape of the LoRA: rank, alpha, dropout, which UNet layers get adapters, and whether the text encoder is trained too."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (T.LORA_CONFIG,)
+    RETURN_NAMES = ("lora_config",)
+    OUTPUT_TOOLTIPS = ("LoRA settings for TrainLoRA.",)
+    FUNCTION = "configure"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "rank": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "LoRA rank: the size of each adapter. 4-32 is typical; higher learns more and makes larger files."}),
+            "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip": "LoRA alpha; the update is scaled by alpha/rank. 0 means alpha = rank (scale 1)."}),
+            "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip": "Dropout on the adapters' input during training; 0 turns it off."}),
+            "targets": (["kohya", "attention"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5); attention: to_q/k/v/out only (128)."}),
+            "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also train a LoRA on the CLIP text encoder (stronger, slower; turns off the caption cache)."}),
+        }}
+
+    def configure(self, rank, alpha, dropout, targets, train_text_encoder):
+        from ..core.lora import LoRASettings
+
+        settings = LoRASettings(rank=int(rank), alpha=float(alpha) if alpha else None, dropout=float(dropout), targets=targets, train_text_encoder=bool(train_text_encoder))
+        settings.validate()
+        return (settings,)
+
+
+class TrainLoRA:
+    DESCRIPTION = "Train a LoRA on the base model and dataset inside ComfyUI, with the live loss on the node. Cancel stops at the next step and keeps a checkpoint in models/lora_logs/<checkpoint folder>; queueing again resumes from it."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (T.LORA, T.LOSS)
+    RETURN_NAMES = ("lora", "loss")
+    OUTPUT_TOOLTIPS = (
+        "The trained LoRA (ComfyUI's LORA_MODEL: also works with its Load LoRA Model and Save LoRA Weights nodes).",
+        "Loss per step (ComfyUI's LOSS_MAP, for Plot Loss Graph).",
+    )
+    FUNCTION = "train"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "base": (T.BASE, {"tooltip": "Base model from LoadBaseCheckpoint."}),
+                "dataset": (T.DATASET, {"tooltip": "Captioned images from FolderDataset, HFDataset or Captioner."}),
+                "lora_config": (T.LORA_CONFIG, {"tooltip": "LoRA rank, alpha and targets from LoRAConfig."}),
+                "steps": ("INT", {"default": 1000, "min": 1, "max": 1_000_000, "tooltip": "Optimizer steps to train."}),
+                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-6, "round": False, "tooltip": "AdamW learning rate; 1e-4 is a safe start for rank 4-16."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per step. 1 fits an 8 GB card at 512 px."}),
+                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Square training size in pixels (SD1.x: 512)."}),
+                "training_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False, "tooltip": "Every random choice derives from this seed: same seed and settings, same LoRA."}),
+                "save_every": ("INT", {"default": 200, "min": 0, "max": 1_000_000, "tooltip": "Write a resumable checkpoint every N steps (0: only when cancelled and at the end)."}),
+                "checkpoint_folder": ("STRING", {"default": "my_lora", "tooltip": "Folder under models/lora_logs for this run's checkpoints. Queueing again with the same folder and settings resumes there."}),
+                "lr_scheduler": (["cosine", "constant", "constant_with_warmup", "linear"], {"default": "cosine", "tooltip": "How the learning rate changes over the run."}),
+                "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 100_000, "tooltip": "Steps of linear learning-rate warm-up at the start."}),
+                "precision": (PRECISIONS, {"default": "auto", "tooltip": "Mixed precision for training: auto = bf16/fp16 on a GPU, fp32 on the CPU."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Use less memory for more compute; turn on if training runs out of memory."}),
+                "random_flip": ("BOOLEAN", {"default": True, "tooltip": "Mirror images at random (turn off for text, logos or asymmetric subjects)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
+
+    def train(self, base, dataset, lora_config, steps, learning_rate, batch_size, resolution, training_seed, save_every,
+              checkpoint_folder, lr_scheduler, warmup_steps, precision, gradient_checkpointing, random_flip, unique_id=None):
+        import torch
+
+        from ..core.training import Trainer, TrainSettings
+
+        from .training_run import ComfyProgress, resume_point
+
+        bridge = api()
+        settings = TrainSettings(
+            steps=int(steps), learning_rate=float(learning_rate), batch_size=int(batch_size), resolution=int(resolution),
+            seed=int(training_seed), lr_scheduler=lr_scheduler, warmup_steps=int(warmup_steps), precision=precision,
+            gradient_checkpointing=bool(gradient_checkpointing), random_flip=bool(random_flip), save_every=int(save_every),
+            output_name=(checkpoint_folder or "lora").strip().replace("/", "_"),
+        )
+        settings.validate(dataset.num_samples)
+        checkpoint_dir = safe_child(lora_logs_root(), checkpoint_folder, "checkpoint folder")
+        resume_from, resumed_step = resume_point(checkpoint_dir, settings.steps)
+        node_id = str(unique_id) if unique_id is not None else ""
+        bridge.free_memory()
+        progress = ComfyProgress(bridge, node_id, settings.steps, resumed_step)
+        status, step = "error", resumed_step
+        try:
+            trainer = Trainer(
+                base, dataset, lora_config, settings, device=bridge.torch_device(), progress=progress,
+                should_stop=progress.should_stop, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+            )
+            with torch.inference_mode(False), torch.enable_grad():  # ComfyUI executes nodes in inference mode
+                result = trainer.run()
+            step = result.steps
+            status = "interrupted" if result.interrupted else "done"
+        except torch.OutOfMemoryError:
+            raise TrainerError(
+                f"Training ran out of accelerator memory at {settings.resolution} px, batch {settings.batch_size}; "
+                "lower the resolution or batch size, or turn on gradient checkpointing."
+            ) from None
+        finally:
+            progress.finish(status, step)
+            bridge.empty_cache()  # core already moved its models off the accelerator; give the memory back to sampling
+        if result.interrupted:
+            bridge.raise_interrupted()
+        return (T.TrainedLoRA(result.lora.tensors, result.lora.metadata), T.loss_map(result.loss_history, result.lr_history))
+
+
+def lora_logs_root() -> Path:
+    roots = api().folder_paths(LORA_LOGS)
+    if not roots:
+        raise TrainerError("ComfyUI has no models/lora_logs folder registered; restart ComfyUI so the LoRA Trainer nodes can register it.")
+    root = Path(roots[0])
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+# --------------------------------------------------------------------------- saving and applying
+
+
+def lora_target(name: str) -> Path:
+    roots = api().folder_paths("loras")
+    if not roots:
+        raise OutputPathError("ComfyUI has no models/loras folder configured.")
+    text = (name or "").strip()
+    if text.lower().endswith(".safetensors"):
+        text = text[: -len(".safetensors")]
+    return safe_child(roots[0], text + ".safetensors" if text else "", "LoRA name")
+
+
+def _same_tensors(path: Path, tensors: dict) -> bool:
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            if set(handle.keys()) != set(tensors):
+                return False
+            return all(torch.equal(handle.get_tensor(key).float(), tensors[key].detach().float().cpu()) for key in tensors)
+    except Exception:
+        return False
+
+
+class SaveLoRA:
+    DESCRIPTION = "Save the trained LoRA as models/loras/<name>.safetensors (kohya keys, with training metadata), ready for Load LoRA in this or any SD tool. Never overwrites a different file unless told to."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("lora_name",)
+    OUTPUT_TOOLTIPS = ("The saved file's name inside models/loras, as Load LoRA lists it.",)
+    OUTPUT_NODE = True
+    FUNCTION = "save"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "lora": (T.LORA, {"tooltip": "The LoRA from TrainLoRA (or ComfyUI's own Train LoRA)."}),
+            "lora_name": ("STRING", {"default": "my_lora", "tooltip": "File name inside models/loras (subfolders with / allowed); .safetensors is added."}),
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file with the same name. Off: a different existing file stops the save with an error."}),
+        }}
+
+    def save(self, lora, lora_name, overwrite):
+        from ..core.lora import LoRAWeights, save_lora_file
+
+        target = lora_target(lora_name)
+        root = Path(api().folder_paths("loras")[0]).resolve()
+        relative = target.relative_to(root).as_posix()
+        if target.exists() and not overwrite:
+            if not _same_tensors(target, lora):
+                raise OutputPathError(f"models/loras/{relative} already exists; choose another name or turn overwrite on.")
+            return {"ui": {"text": [relative]}, "result": (relative,)}  # the same LoRA is already there (e.g. after a restart)
+        metadata = getattr(lora, "metadata", None) or {}
+        save_lora_file(LoRAWeights(tensors={k: v.detach().float().cpu() for k, v in lora.items()}, metadata=metadata), target)
+        return {"ui": {"text": [relative]}, "result": (relative,)}
+
+
+class ApplyLoRA:
+    DESCRIPTION = "Apply a LoRA straight from TrainLoRA to a MODEL (and optionally a CLIP) for sampling in the same graph, through ComfyUI's own LoRA loader, without saving a file first."
+    CATEGORY = CATEGORY
+    RETURN_TYPES = ("MODEL", "CLIP")
+    RETURN_NAMES = ("model", "clip")
+    OUTPUT_TOOLTIPS = ("The model with the LoRA applied.", "The CLIP with the LoRA applied (unchanged when none was connected).")
+    FUNCTION = "apply"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The diffusion model to patch, e.g. from Load Checkpoint (the same base the LoRA was trained on)."}),
+                "lora": (T.LORA, {"tooltip": "The LoRA from TrainLoRA."}),
+                "strength_model": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "How strongly the LoRA changes the UNet; 0 turns it off, negative inverts it."}),
+                "strength_clip": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01, "tooltip": "How strongly the LoRA changes the text encoder (only when trained with the text encoder and a CLIP is connected)."}),
+            },
+            "optional": {
+                "clip": ("CLIP", {"tooltip": "The CLIP text encoder to patch as well (optional)."}),
+            },
+        }
+
+    def apply(self, model, lora, strength_model, strength_clip, clip=None):
+        if not lora:
+            raise TrainerError("The LoRA is empty; connect the lora output of TrainLoRA.")
+        patched_model, patched_clip = api().apply_lora(model, clip, lora, float(strength_model), float(strength_clip) if clip is not None else 0.0)
+        return (patched_model, patched_clip if clip is not None else None)
+
+
+NODES = {
+    "LoadBaseCheckpoint": (LoadBaseCheckpoint, "Load Base Checkpoint"),
+    "FolderDataset": (FolderDataset, "Folder Dataset"),
+    "HFDataset": (HFDataset, "Hugging Face Dataset"),
+    "Captioner": (Captioner, "Captioner"),
+    "LoRAConfig": (LoRAConfig, "LoRA Config"),
+    "TrainLoRA": (TrainLoRA, "Train LoRA"),
+    "SaveLoRA": (SaveLoRA, "Save LoRA"),
+    "ApplyLoRA": (ApplyLoRA, "Apply LoRA"),
+}
+NODE_CLASS_MAPPINGS = {PREFIX + name: cls for name, (cls, _) in NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {PREFIX + name: display for name, (_, display) in NODES.items()}

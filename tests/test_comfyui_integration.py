@@ -1,0 +1,251 @@
+"""The suite inside a real ComfyUI server (skipped unless COMFYUI_DIR points at a ComfyUI checkout).
+
+Starts ComfyUI on 127.0.0.1 with an isolated --base-directory whose custom_nodes/ links this
+repository, checks /object_info, queues a training graph in API format on a shallow SD1.5-family
+checkpoint, then samples with the saved LoRA through stock LoraLoaderModelOnly and with the
+in-memory LoRA through ApplyLoRA, and reads the server log for "lora key not loaded".
+
+COMFYUI_PYTHON is the interpreter with ComfyUI's requirements and ours (default: this one).
+COMFYUI_TEST_KEEP=1 leaves the server's base directory in place for inspection.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from core import tiny
+
+COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
+pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run the integration test")
+ROOT = Path(__file__).resolve().parents[1]
+NODE_IDS = ["LoadBaseCheckpoint", "FolderDataset", "HFDataset", "Captioner", "LoRAConfig", "TrainLoRA", "SaveLoRA", "ApplyLoRA"]
+CHECKPOINT = "shallow_sd15.safetensors"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _get(url: str):
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _post(url: str, body: dict):
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        raise AssertionError(f"POST {url} failed: {error.code} {error.read()[:2000]!r}") from None
+
+
+def training_graph(data_dir: str, steps: int = 4) -> dict:
+    """LoadBaseCheckpoint -> FolderDataset -> Captioner -> LoRAConfig -> TrainLoRA -> SaveLoRA, API format."""
+    return {
+        "1": {"class_type": "LoRATrainer_LoadBaseCheckpoint", "inputs": {"checkpoint": CHECKPOINT, "precision": "fp32"}},
+        "2": {"class_type": "LoRATrainer_FolderDataset", "inputs": {"folder": data_dir, "layout": "auto", "repeats": 1}},
+        "3": {"class_type": "LoRATrainer_Captioner", "inputs": {"dataset": ["2", 0], "method": "keep", "trigger_word": "sks"}},
+        "4": {"class_type": "LoRATrainer_LoRAConfig", "inputs": {"rank": 4, "alpha": 0.0, "dropout": 0.0, "targets": "kohya", "train_text_encoder": False}},
+        "5": {"class_type": "LoRATrainer_TrainLoRA", "inputs": {
+            "base": ["1", 0], "dataset": ["3", 0], "lora_config": ["4", 0], "steps": steps, "learning_rate": 1e-3, "batch_size": 1,
+            "resolution": 64, "training_seed": 0, "save_every": 2, "checkpoint_folder": "integration", "lr_scheduler": "constant",
+            "warmup_steps": 0, "precision": "fp32", "gradient_checkpointing": False, "random_flip": False}},
+        "6": {"class_type": "LoRATrainer_SaveLoRA", "inputs": {"lora": ["5", 0], "lora_name": "integration_lora", "overwrite": False}},
+    }
+
+
+def sampling_graph(data_dir: str) -> dict:
+    """The training graph again (cached: must not retrain) plus sampling with the saved file and with ApplyLoRA."""
+    graph = training_graph(data_dir)
+    sampler = {"seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    graph.update({
+        "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "11": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["10", 0], "lora_name": "integration_lora.safetensors", "strength_model": 1.0}},
+        "12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["10", 1], "text": "sks a red circle"}},
+        "13": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "14": {"class_type": "KSampler", "inputs": {**sampler, "model": ["11", 0], "positive": ["12", 0], "negative": ["12", 0], "latent_image": ["13", 0]}},
+        "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["10", 2]}},
+        "16": {"class_type": "PreviewImage", "inputs": {"images": ["15", 0]}},
+        "20": {"class_type": "LoRATrainer_ApplyLoRA", "inputs": {"model": ["10", 0], "clip": ["10", 1], "lora": ["5", 0], "strength_model": 1.0, "strength_clip": 1.0}},
+        "21": {"class_type": "KSampler", "inputs": {**sampler, "model": ["20", 0], "positive": ["12", 0], "negative": ["12", 0], "latent_image": ["13", 0]}},
+        "22": {"class_type": "VAEDecode", "inputs": {"samples": ["21", 0], "vae": ["10", 2]}},
+        "23": {"class_type": "PreviewImage", "inputs": {"images": ["22", 0]}},
+    })
+    return graph
+
+
+def build_checkpoint(path: Path, comfy_dir: Path) -> Path:
+    if not path.exists():
+        import torch
+
+        model = tiny.build_comfy_shallow_model(comfy_dir / "comfy" / "sd1_tokenizer", seed=0)
+        tiny.save_ldm_checkpoint(model, path, dtype=torch.float16)
+    return path
+
+
+class Server:
+    def __init__(self, base: Path, port: int):
+        self.base, self.port, self.url = base, port, f"http://127.0.0.1:{port}"
+        self.log_path = base / "server.log"
+        python = os.environ.get("COMFYUI_PYTHON", sys.executable)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+        self.log = open(self.log_path, "w")
+        self.process = subprocess.Popen(
+            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes", "lora_trainer"],
+            cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT, env=env,
+        )
+
+    def wait_ready(self, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"ComfyUI exited early:\n{self.text()[-3000:]}")
+            try:
+                return _get(self.url + "/object_info")
+            except (urllib.error.URLError, ConnectionError, OSError):
+                time.sleep(1)
+        raise AssertionError(f"ComfyUI did not answer within {timeout}s:\n{self.text()[-3000:]}")
+
+    def run(self, graph: dict, timeout=900) -> dict:
+        prompt_id = _post(self.url + "/prompt", {"prompt": graph, "client_id": "integration-test"})["prompt_id"]
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            history = _get(f"{self.url}/history/{prompt_id}")
+            if prompt_id in history and history[prompt_id].get("status", {}).get("completed") is not None:
+                return history[prompt_id]
+            if self.process.poll() is not None:
+                raise AssertionError(f"ComfyUI died:\n{self.text()[-3000:]}")
+            time.sleep(1)
+        raise AssertionError(f"prompt {prompt_id} did not finish in {timeout}s:\n{self.text()[-3000:]}")
+
+    def text(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(20)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        self.log.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    comfy_dir = Path(COMFYUI_DIR)
+    base = Path(os.environ.get("COMFYUI_TEST_BASE") or tmp_path_factory.mktemp("comfy_base"))
+    (base / "custom_nodes").mkdir(parents=True, exist_ok=True)
+    link = base / "custom_nodes" / "lora_trainer"
+    if not link.exists():
+        link.symlink_to(ROOT, target_is_directory=True)
+    cache = Path(os.environ.get("COMFYUI_TEST_CACHE", tmp_path_factory.mktemp("ckpt")))
+    checkpoint = build_checkpoint(cache / CHECKPOINT, comfy_dir)
+    (base / "models" / "checkpoints").mkdir(parents=True, exist_ok=True)
+    target = base / "models" / "checkpoints" / CHECKPOINT
+    if not target.exists():
+        os.link(checkpoint, target) if checkpoint.stat().st_dev == target.parent.stat().st_dev else shutil.copy(checkpoint, target)
+    tiny.write_synthetic_dataset(base / "input" / "shapes", count=4, size=64)
+    running = Server(base, _free_port())
+    try:
+        running.object_info = running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+        print("\n----- ComfyUI server log (tail) -----\n" + running.log_path.read_text(errors="replace")[-4000:])
+        if not os.environ.get("COMFYUI_TEST_KEEP"):
+            shutil.rmtree(base / "models" / "lora_logs", ignore_errors=True)
+
+
+def test_object_info_lists_every_node_without_import_errors(server):
+    ours = sorted(name for name in server.object_info if name.startswith("LoRATrainer_"))
+    print("nodes listed:", ours)
+    assert ours == sorted("LoRATrainer_" + name for name in NODE_IDS)
+    log = server.text()
+    # ComfyUI's own optional nodes may fail to import here (e.g. no torchaudio); only ours matter.
+    ours_failed = [line for line in log.splitlines() if ("IMPORT FAILED" in line or "Cannot import" in line) and "lora_trainer" in line]
+    assert ours_failed == [], log[-3000:]
+    assert CHECKPOINT in server.object_info["LoRATrainer_LoadBaseCheckpoint"]["input"]["required"]["checkpoint"][0]
+    extensions = _get(server.url + "/extensions")
+    assert any(path.startswith("/extensions/lora_trainer/js/") for path in extensions), extensions
+    templates = _get(server.url + "/workflow_templates")
+    print("templates:", templates)
+    assert "lora_trainer" in templates
+
+
+def test_train_save_and_sample_with_stock_lora_loader(server):
+    data_dir = str(server.base / "input" / "shapes")
+    started = time.time()
+    first = server.run(training_graph(data_dir))
+    print("training prompt:", first["status"]["status_str"], f"in {time.time() - started:.1f}s")
+    assert first["status"]["status_str"] == "success", json.dumps(first["status"])[:3000]
+    saved = server.base / "models" / "loras" / "integration_lora.safetensors"
+    assert saved.is_file()
+    assert sorted(p.name for p in (server.base / "models" / "lora_logs" / "integration").iterdir()) == ["checkpoint-000002", "checkpoint-000004"]
+    run = _get(server.url + "/lora_trainer/last_run/5")
+    assert run["points"] == 4 and run["status"] == "done"
+    assert urllib.request.urlopen(server.url + "/lora_trainer/last_run/5", timeout=5).status == 200
+    with pytest.raises(urllib.error.HTTPError):
+        urllib.request.urlopen(server.url + "/lora_trainer/last_run/..%2F..%2Fetc", timeout=5)
+
+    started = time.time()
+    second = server.run(sampling_graph(data_dir))
+    print("sampling prompt:", second["status"]["status_str"], f"in {time.time() - started:.1f}s")
+    assert second["status"]["status_str"] == "success", json.dumps(second["status"])[:3000]
+    log = server.text()
+    not_loaded = [line for line in log.splitlines() if "lora key not loaded" in line]
+    print("'lora key not loaded' lines:", len(not_loaded))
+    assert not_loaded == [], not_loaded[:5]
+    assert log.count("step 4/4") == 1, "re-queueing the unchanged training part must not retrain"
+    assert "16" in second["outputs"] and "23" in second["outputs"]
+
+
+def test_cancel_then_queue_again_resumes(server):
+    data_dir = str(server.base / "input" / "shapes")
+    graph = training_graph(data_dir, steps=6)
+    graph["5"]["inputs"].update(checkpoint_folder="cancel_resume", save_every=0)
+    graph["6"]["inputs"]["lora_name"] = "cancel_resume_lora"
+    prompt_id = _post(server.url + "/prompt", {"prompt": graph, "client_id": "integration-test"})["prompt_id"]
+    deadline = time.time() + 600
+    while time.time() < deadline:  # cancel once two steps are done, as a user pressing Cancel would
+        try:
+            run = _get(server.url + "/lora_trainer/last_run/5")
+        except urllib.error.HTTPError:
+            run = {}
+        if run.get("status") == "running" and run.get("points", 0) >= 2:
+            break
+        time.sleep(0.5)
+    urllib.request.urlopen(urllib.request.Request(server.url + "/interrupt", data=b"{}", method="POST"), timeout=10)
+    while time.time() < deadline:
+        history = _get(f"{server.url}/history/{prompt_id}")
+        if prompt_id in history:
+            break
+        time.sleep(1)
+    messages = [kind for kind, _ in history[prompt_id]["status"]["messages"]]
+    print("cancelled prompt messages:", messages)
+    assert "execution_interrupted" in messages
+    saved = sorted(p.name for p in (server.base / "models" / "lora_logs" / "cancel_resume").iterdir())
+    print("checkpoints after cancel:", saved)
+    assert len(saved) == 1 and 2 <= int(saved[0].split("-")[1]) < 6
+    stopped_at = int(saved[0].split("-")[1])
+
+    resumed = server.run(graph)
+    print("re-queued prompt:", resumed["status"]["status_str"])
+    assert resumed["status"]["status_str"] == "success", json.dumps(resumed["status"])[:3000]
+    run = _get(server.url + "/lora_trainer/last_run/5")
+    assert run["points"] == 6 and run["status"] == "done", "the curve continues from the checkpoint"
+    assert run["resumed_from"] == stopped_at, "queueing again resumed from the checkpoint instead of starting over"
+    assert (server.base / "models" / "loras" / "cancel_resume_lora.safetensors").is_file()

@@ -1,0 +1,79 @@
+"""Every example workflow loads: known node types, widget counts that match the inputs, links whose types agree."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from node_support import ROOT, load_suite
+from workflow_support import all_specs
+
+SUITE = load_suite()
+SPECS = all_specs(SUITE.NODE_CLASS_MAPPINGS)
+WORKFLOW_DIR = ROOT / "example_workflows"
+EXPECTED = ["caption_then_train", "one_line_art_folder", "pokemon_hf_dataset", "train_then_sample"]
+
+
+def load(name):
+    return json.loads((WORKFLOW_DIR / f"{name}.json").read_text())
+
+
+def widgets(workflow, node_type):
+    nodes = [n for n in workflow["nodes"] if n["type"] == node_type]
+    assert len(nodes) >= 1, node_type
+    _, names, _ = SPECS[node_type]
+    return [dict(zip(names, n["widgets_values"])) for n in nodes]
+
+
+def test_the_four_workflows_are_there():
+    assert sorted(p.stem for p in WORKFLOW_DIR.glob("*.json")) == EXPECTED
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_workflow_is_consistent(name):
+    workflow = load(name)
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    assert len(nodes) == len(workflow["nodes"]) and workflow["last_node_id"] >= max(nodes)
+    for node in nodes.values():
+        assert node["type"] in SPECS, f"unknown node type {node['type']}"
+        sockets, widget_names, outputs = SPECS[node["type"]]
+        assert len(node["widgets_values"]) == len(widget_names), f"{node['type']}: {len(node['widgets_values'])} widget values for {widget_names}"
+        assert [(i["name"], i["type"]) for i in node["inputs"]] == sockets, node["type"]
+        assert [o["type"] for o in node["outputs"]] == outputs, node["type"]
+        for slot in node["inputs"]:
+            optional = slot["name"] == "clip" and node["type"].endswith("ApplyLoRA")
+            assert slot["link"] is not None or optional, f"{node['type']}.{slot['name']} is not connected"
+    seen = set()
+    for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
+        seen.add(link_id)
+        out, inp = nodes[origin]["outputs"][origin_slot], nodes[target]["inputs"][target_slot]
+        assert out["type"] == kind == inp["type"], f"link {link_id}: {out['type']} -> {inp['type']} as {kind}"
+        assert link_id in out["links"] and inp["link"] == link_id
+    assert workflow["last_link_id"] >= max(seen)
+
+
+def test_pokemon_showcase_settings():
+    workflow = load("pokemon_hf_dataset")
+    assert widgets(workflow, "LoRATrainer_LoadBaseCheckpoint")[0]["checkpoint"] == "Dreamshaper_8_pruned.safetensors"
+    data = widgets(workflow, "LoRATrainer_HFDataset")[0]
+    assert data["dataset"] == "svjack/pokemon-blip-captions-en-zh" and data["caption_column"] == "en_text"
+    assert widgets(workflow, "LoRATrainer_LoRAConfig")[0]["rank"] == 4
+    train = widgets(workflow, "LoRATrainer_TrainLoRA")[0]
+    assert (train["learning_rate"], train["batch_size"], train["steps"], train["save_every"], train["checkpoint_folder"]) == (1e-4, 1, 1000, 200, "lora_showcase")
+    assert widgets(workflow, "LoRATrainer_SaveLoRA")[0]["lora_name"] == "pokemon_lora"
+
+
+def test_folder_and_sampling_workflows():
+    art = load("one_line_art_folder")
+    assert widgets(art, "LoRATrainer_FolderDataset")[0]["layout"] == "image-text"
+    train = widgets(art, "LoRATrainer_TrainLoRA")[0]
+    assert (train["steps"], train["save_every"]) == (64, 16)
+    assert widgets(load("caption_then_train"), "LoRATrainer_Captioner")[0]["trigger_word"]
+    sample = load("train_then_sample")
+    samplers = [n for n in sample["nodes"] if n["type"] == "KSampler"]
+    assert len(samplers) == 2
+    by_id = {n["id"]: n for n in sample["nodes"]}
+    model_sources = sorted(by_id[link[1]]["type"] for link in sample["links"] if link[5] == "MODEL" and by_id[link[3]]["type"] == "KSampler")
+    assert model_sources == ["CheckpointLoaderSimple", "LoRATrainer_ApplyLoRA"], "one sampler with the LoRA, one without"
+    assert all(n["widgets_values"][1] == "fixed" for n in samplers), "a randomized seed would re-run sampling, never training, but fixed compares fairly"

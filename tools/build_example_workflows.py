@@ -1,0 +1,141 @@
+"""Write example_workflows/*.json (ComfyUI UI format) from the nodes' own input lists.
+
+Run from the repository root: python tools/build_example_workflows.py
+Widget values are given by name, so a reordered or added input fails here instead of in a user's graph.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from node_support import load_suite  # noqa: E402
+from workflow_support import all_specs  # noqa: E402
+
+SPECS = all_specs(load_suite().NODE_CLASS_MAPPINGS)
+P = "LoRATrainer_"
+DEFAULT_TRAIN = dict(steps=1000, learning_rate=1e-4, batch_size=1, resolution=512, training_seed=0, save_every=200, checkpoint_folder="my_lora",
+                     lr_scheduler="cosine", warmup_steps=0, precision="auto", gradient_checkpointing=False, random_flip=True)
+SAMPLER = dict(seed=42, control_after_generate="fixed", steps=25, cfg=7.0, sampler_name="euler_ancestral", scheduler="normal", denoise=1.0)
+
+
+class Workflow:
+    def __init__(self):
+        self.nodes, self.links = [], []
+
+    def add(self, node_type, pos, widgets=None, size=(320, 130), title=None, **sources):
+        sockets, widget_names, outputs = SPECS[node_type]
+        widgets = widgets or {}
+        unknown = set(widgets) - set(widget_names)
+        missing = set(widget_names) - set(widgets)
+        if unknown or missing:
+            raise SystemExit(f"{node_type}: unknown widgets {sorted(unknown)}, missing {sorted(missing)}")
+        node_id = len(self.nodes) + 1
+        node = {
+            "id": node_id, "type": node_type, "pos": list(pos), "size": list(size), "flags": {}, "order": node_id - 1, "mode": 0,
+            "inputs": [], "outputs": [{"name": kind.lower(), "type": kind, "links": [], "slot_index": i} for i, kind in enumerate(outputs)],
+            "properties": {"Node name for S&R": node_type}, "widgets_values": [widgets[name] for name in widget_names],
+        }
+        if title:
+            node["title"] = title
+        for slot, (name, kind) in enumerate(sockets):
+            link = None
+            if name in sources:
+                origin, origin_slot = sources.pop(name)
+                link = len(self.links) + 1
+                self.links.append([link, origin["id"], origin_slot, node_id, slot, kind])
+                origin["outputs"][origin_slot]["links"].append(link)
+            node["inputs"].append({"name": name, "type": kind, "link": link})
+        if sources:
+            raise SystemExit(f"{node_type}: no sockets named {sorted(sources)}")
+        self.nodes.append(node)
+        return node
+
+    def to_json(self):
+        return {
+            "last_node_id": len(self.nodes), "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links,
+            "groups": [], "config": {}, "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}}, "version": 0.4,
+        }
+
+
+def training_chain(flow, dataset_node, *, checkpoint, rank, train, lora_name, y=0):
+    base = flow.add(P + "LoadBaseCheckpoint", (0, y), {"checkpoint": checkpoint, "precision": "auto"})
+    config = flow.add(P + "LoRAConfig", (0, y + 420), {"rank": rank, "alpha": 0.0, "dropout": 0.0, "targets": "kohya", "train_text_encoder": False}, size=(320, 180))
+    trainer = flow.add(P + "TrainLoRA", (380, y), {**DEFAULT_TRAIN, **train}, size=(380, 640),
+                       base=(base, 0), dataset=(dataset_node, 0), lora_config=(config, 0))
+    save = flow.add(P + "SaveLoRA", (820, y), {"lora_name": lora_name, "overwrite": False}, lora=(trainer, 0))
+    return base, trainer, save
+
+
+def pokemon():
+    flow = Workflow()
+    data = flow.add(P + "HFDataset", (0, 160), {"dataset": "svjack/pokemon-blip-captions-en-zh", "split": "train", "image_column": "auto", "caption_column": "en_text", "max_samples": 0}, size=(320, 200))
+    _, trainer, _ = training_chain(flow, data, checkpoint="Dreamshaper_8_pruned.safetensors", rank=4, lora_name="pokemon_lora",
+                                   train=dict(steps=1000, learning_rate=1e-4, batch_size=1, save_every=200, checkpoint_folder="lora_showcase"))
+    flow.add("LossGraphNode", (820, 200), {"filename_prefix": "pokemon_lora_loss"}, loss=(trainer, 1))
+    return flow
+
+
+def one_line_art():
+    flow = Workflow()
+    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "image-text", "repeats": 1}, size=(320, 130))
+    training_chain(flow, data, checkpoint="Dreamshaper_8_pruned.safetensors", rank=4, lora_name="one_line_art_lora",
+                   train=dict(steps=64, save_every=16, checkpoint_folder="one_line_art"))
+    return flow
+
+
+def caption_then_train():
+    flow = Workflow()
+    data = flow.add(P + "FolderDataset", (-360, 160), {"folder": "my_images", "layout": "auto", "repeats": 1})
+    captioned = flow.add(P + "Captioner", (0, 160), {"method": "from file name", "trigger_word": "sks style"}, size=(320, 130), dataset=(data, 0))
+    training_chain(flow, captioned, checkpoint="Dreamshaper_8_pruned.safetensors", rank=8, lora_name="sks_style_lora",
+                   train=dict(steps=800, save_every=200, checkpoint_folder="sks_style"))
+    return flow
+
+
+def train_then_sample():
+    flow = Workflow()
+    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "auto", "repeats": 1})
+    _, trainer, _ = training_chain(flow, data, checkpoint="Dreamshaper_8_pruned.safetensors", rank=4, lora_name="one_line_art_lora",
+                                   train=dict(steps=64, save_every=16, checkpoint_folder="one_line_art"))
+    loader = flow.add("CheckpointLoaderSimple", (0, 700), {"ckpt_name": "Dreamshaper_8_pruned.safetensors"})
+    apply = flow.add(P + "ApplyLoRA", (380, 700), {"strength_model": 1.0, "strength_clip": 1.0}, size=(320, 150),
+                     model=(loader, 0), lora=(trainer, 0), clip=(loader, 1))
+    positive = flow.add("CLIPTextEncode", (760, 700), {"text": "a one line art drawing of a cat"}, size=(360, 120), clip=(apply, 1))
+    negative = flow.add("CLIPTextEncode", (760, 860), {"text": "blurry, low quality"}, size=(360, 120), clip=(apply, 1))
+    latent = flow.add("EmptyLatentImage", (760, 1020), {"width": 512, "height": 512, "batch_size": 1})
+    with_lora = flow.add("KSampler", (1160, 700), SAMPLER, size=(320, 260), title="KSampler (with LoRA)",
+                         model=(apply, 0), positive=(positive, 0), negative=(negative, 0), latent_image=(latent, 0))
+    decoded = flow.add("VAEDecode", (1520, 700), {}, size=(200, 50), samples=(with_lora, 0), vae=(loader, 2))
+    flow.add("SaveImage", (1760, 700), {"filename_prefix": "with_lora"}, size=(320, 320), images=(decoded, 0))
+    # The same prompt through the model without the LoRA, for comparison.
+    plain_positive = flow.add("CLIPTextEncode", (760, 1180), {"text": "a one line art drawing of a cat"}, size=(360, 120), clip=(loader, 1))
+    plain_negative = flow.add("CLIPTextEncode", (760, 1340), {"text": "blurry, low quality"}, size=(360, 120), clip=(loader, 1))
+    without = flow.add("KSampler", (1160, 1180), SAMPLER, size=(320, 260), title="KSampler (without LoRA)",
+                       model=(loader, 0), positive=(plain_positive, 0), negative=(plain_negative, 0), latent_image=(latent, 0))
+    plain_decoded = flow.add("VAEDecode", (1520, 1180), {}, size=(200, 50), samples=(without, 0), vae=(loader, 2))
+    flow.add("SaveImage", (1760, 1180), {"filename_prefix": "without_lora"}, size=(320, 320), images=(plain_decoded, 0))
+    return flow
+
+
+WORKFLOWS = {
+    "pokemon_hf_dataset": pokemon,
+    "one_line_art_folder": one_line_art,
+    "caption_then_train": caption_then_train,
+    "train_then_sample": train_then_sample,
+}
+
+
+def main():
+    out = ROOT / "example_workflows"
+    out.mkdir(exist_ok=True)
+    for name, build in WORKFLOWS.items():
+        (out / f"{name}.json").write_text(json.dumps(build().to_json(), indent=1) + "\n")
+        print("wrote", out / f"{name}.json")
+
+
+if __name__ == "__main__":
+    main()
