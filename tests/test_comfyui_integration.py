@@ -194,7 +194,7 @@ def test_train_save_and_sample_with_stock_lora_loader(server):
     assert first["status"]["status_str"] == "success", json.dumps(first["status"])[:3000]
     saved = server.base / "models" / "loras" / "integration_lora.safetensors"
     assert saved.is_file()
-    assert sorted(p.name for p in (server.base / "models" / "lora_logs" / "integration").iterdir()) == ["checkpoint-000002", "checkpoint-000004"]
+    assert sorted(p.name for p in (server.base / "models" / "lora_logs" / "integration").iterdir() if not p.name.startswith(".")) == ["checkpoint-000002", "checkpoint-000004"]
     run = _get(server.url + "/lora_trainer/last_run/5")
     assert run["points"] == 4 and run["status"] == "done"
     assert urllib.request.urlopen(server.url + "/lora_trainer/last_run/5", timeout=5).status == 200
@@ -237,7 +237,7 @@ def test_cancel_then_queue_again_resumes(server):
     messages = [kind for kind, _ in history[prompt_id]["status"]["messages"]]
     print("cancelled prompt messages:", messages)
     assert "execution_interrupted" in messages
-    saved = sorted(p.name for p in (server.base / "models" / "lora_logs" / "cancel_resume").iterdir())
+    saved = sorted(p.name for p in (server.base / "models" / "lora_logs" / "cancel_resume").iterdir() if not p.name.startswith("."))
     print("checkpoints after cancel:", saved)
     assert len(saved) == 1 and 2 <= int(saved[0].split("-")[1]) < 6
     stopped_at = int(saved[0].split("-")[1])

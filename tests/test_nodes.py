@@ -145,7 +145,7 @@ def test_cancel_then_resume_reaches_the_uninterrupted_lora(comfy, dataset_dir):
     comfy.interrupt_at_step = 3
     with pytest.raises(Interrupted):
         train(base, data, config, checkpoint_folder="cancelled", steps=8)
-    saved = sorted(p.name for p in (comfy.models / "lora_logs" / "cancelled").iterdir())
+    saved = sorted(p.name for p in (comfy.models / "lora_logs" / "cancelled").iterdir() if not p.name.startswith("."))
     assert saved == ["checkpoint-000003"]
     assert [e["phase"] for _, e in comfy.events][-1] == "interrupted"
 
