@@ -34,14 +34,19 @@ def check_file_name(name: str, what: str = "name") -> str:
     return stripped
 
 
-def inside(root: str | os.PathLike, name: str, what: str = "name", suffix: str = "") -> Path:
-    """``root/name[suffix]`` after checking the name and that the resolved path stays inside ``root``."""
-    clean = check_file_name(name, what)
-    if suffix and clean.lower().endswith(suffix.lower()):
-        clean = clean[: -len(suffix)]
-        check_file_name(clean, what)
+def safe_child(root: str | os.PathLike, name: str, what: str = "name", suffix: str = "") -> Path:
+    """``root/name[suffix]`` for a relative name of plain parts (``sub/name`` allowed), refusing anything
+    that could leave ``root``: absolute paths, ``..``, reserved or hidden parts, links pointing outside."""
+    text = (name or "").strip()
+    if suffix and text.lower().endswith(suffix.lower()):
+        text = text[: -len(suffix)]
+    if "\\" in text:
+        raise OutputPathError(f"The {what} {name!r} contains a backslash; use '/' between subfolders or a plain name.")
+    if text.startswith("/"):
+        raise OutputPathError(f"The {what} {name!r} is an absolute path; give a name inside the folder.")
+    parts = [check_file_name(part, what) for part in text.split("/")]  # an empty text or part is refused here
     root_path = Path(root).resolve()
-    target = (root_path / (clean + suffix)).resolve()
-    if target.parent != root_path:
+    target = root_path.joinpath(*parts[:-1], parts[-1] + suffix).resolve()
+    if root_path not in target.parents:
         raise OutputPathError(f"The {what} {name!r} would leave the folder {root_path}.")
     return target

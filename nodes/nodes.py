@@ -12,10 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..core.errors import DatasetError, ModelLoadError, OutputPathError, TrainerError
+from ..core.paths import safe_child
 
 from . import types as T
 from .comfy_bridge import DIFFUSERS, LORA_LOGS, api
-from .safe_names import safe_child
 
 CATEGORY = "LoRA Trainer"
 PREFIX = "LoRATrainer_"
@@ -159,16 +159,23 @@ class HFDataset:
         }}
 
     def load(self, dataset, split, image_column, caption_column, max_samples):
-        from .hf_dataset import load_hf_dataset
+        from ..core.hf_dataset import load_hf_dataset
 
-        return (load_hf_dataset(dataset, split, image_column.strip() or "auto", caption_column.strip() or "auto", max_samples),)
+        def column(value):
+            return None if value.strip() in ("", "auto") else value.strip()
+
+        return (load_hf_dataset(dataset, split.strip() or None, column(image_column), column(caption_column), max_samples or None),)
 
 
-CAPTION_METHODS = ["keep", "from file name", "trigger word only"]
+CAPTION_METHODS = ["keep", "from file name", "trigger word only", "BLIP"]
 
 
 class Captioner:
-    DESCRIPTION = "Rewrite a dataset's captions: keep them, take them from the image file names, or use only the trigger word; the trigger word is put first in every caption."
+    DESCRIPTION = (
+        "Caption a dataset: keep its captions, take them from the image file names, use only the trigger word, "
+        "or write them with a BLIP model (only for images without a caption unless overwrite is on). "
+        "The trigger word is put first in every caption. Nothing is written to disk."
+    )
     CATEGORY = CATEGORY
     RETURN_TYPES = (T.DATASET,)
     RETURN_NAMES = ("dataset",)
@@ -177,42 +184,35 @@ class Captioner:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "dataset": (T.DATASET, {"tooltip": "Images with captions from FolderDataset or HFDataset."}),
-            "method": (CAPTION_METHODS, {"default": "keep", "tooltip": "keep: existing captions; from file name: 'red_fox-01.png' becomes 'red fox'; trigger word only: every caption is just the trigger word."}),
-            "trigger_word": ("STRING", {"default": "", "tooltip": "A rare word that will call up the LoRA's subject (e.g. 'sks style'); put at the start of each caption. Empty: none."}),
-        }}
+        return {
+            "required": {
+                "dataset": (T.DATASET, {"tooltip": "Images with captions from FolderDataset or HFDataset."}),
+                "method": (CAPTION_METHODS, {"default": "keep", "tooltip": "keep: existing captions; from file name: 'red_fox-01.png' becomes 'red fox'; trigger word only: every caption is just the trigger word; BLIP: an image-captioning model writes them."}),
+                "trigger_word": ("STRING", {"default": "", "tooltip": "A rare word that will call up the LoRA's subject (e.g. 'sks style'); put at the start of each caption. Empty: none."}),
+            },
+            "optional": {
+                "blip_model": ("STRING", {"default": "", "tooltip": "For BLIP: a folder under ComfyUI/models/blip, a full folder path, or a hub id already in the Hugging Face cache (e.g. Salesforce/blip-image-captioning-base)."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "For BLIP and file names: replace existing captions too, not only empty ones."}),
+            },
+        }
 
-    def caption(self, dataset, method, trigger_word):
-        from ..core.dataset import hash_entries
+    def caption(self, dataset, method, trigger_word, blip_model="", overwrite=False):
+        from ..core.captioning import caption_dataset
 
         trigger = " ".join((trigger_word or "").split())
         if method not in CAPTION_METHODS:
             raise DatasetError(f"Caption method must be one of {', '.join(CAPTION_METHODS)}, got {method!r}.")
-        if method == "trigger word only" and not trigger:
-            raise DatasetError("The 'trigger word only' method needs a trigger word.")
-        entries = []
-        for entry in dataset.entries:
-            caption = entry.caption
-            if method == "from file name":
-                caption = _caption_from_name(entry.name)
-            elif method == "trigger word only":
-                caption = ""
-            if trigger and not caption.startswith(trigger):
-                caption = f"{trigger}, {caption}" if caption else trigger
-            entries.append(replace(entry, caption=caption))
-        # The new hash covers the old content hash and the new captions, so resumes notice a caption change.
-        content_hash = hash_entries([(dataset.content_hash, b"", "\n".join(e.caption for e in entries))])
-        notes = list(dataset.notes) + [f"captions: {method}" + (f", trigger {trigger!r}" if trigger else "")]
-        return (type(dataset)(entries=entries, source=dataset.source, layout=dataset.layout, content_hash=content_hash, notes=notes),)
-
-
-def _caption_from_name(name: str) -> str:
-    import re
-
-    stem = Path(name).stem
-    words = " ".join(re.sub(r"[_\-.]+", " ", stem).split())
-    return re.sub(r"\s+\(?\d+\)?$", "", words)  # drop trailing copy numbers: 'fox 01', 'fox (2)'; '0' stays
+        if method == "trigger word only":
+            if not trigger:
+                raise DatasetError("The 'trigger word only' method needs a trigger word.")
+            return (dataset.with_captions([trigger] * len(dataset.entries), f"captions: trigger {trigger!r} only"),)
+        core_method = {"keep": "keep", "from file name": "filename", "BLIP": "blip"}[method]
+        checkpoint_roots = api().folder_paths("checkpoints")
+        search_dirs = [os.path.join(os.path.dirname(checkpoint_roots[0]), "blip")] if checkpoint_roots else []
+        return (caption_dataset(
+            dataset, core_method, trigger=trigger, model=(blip_model or "").strip() or None,
+            overwrite=overwrite or method == "from file name", device=api().torch_device(), search_dirs=search_dirs,
+        ),)
 
 
 # --------------------------------------------------------------------------- LoRA settings and training

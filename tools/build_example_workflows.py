@@ -90,7 +90,7 @@ def one_line_art():
 def caption_then_train():
     flow = Workflow()
     data = flow.add(P + "FolderDataset", (-360, 160), {"folder": "my_images", "layout": "auto", "repeats": 1})
-    captioned = flow.add(P + "Captioner", (0, 160), {"method": "from file name", "trigger_word": "sks style"}, size=(320, 130), dataset=(data, 0))
+    captioned = flow.add(P + "Captioner", (0, 160), {"method": "from file name", "trigger_word": "sks style", "blip_model": "", "overwrite": False}, size=(320, 130), dataset=(data, 0))
     training_chain(flow, captioned, checkpoint="Dreamshaper_8_pruned.safetensors", rank=8, lora_name="sks_style_lora",
                    train=dict(steps=800, save_every=200, checkpoint_folder="sks_style"))
     return flow
