@@ -155,8 +155,10 @@ def inject(
             if is_spatial_conv(model.get_submodule(name)):
                 rank_pattern[re.escape(name)] = conv_rank
                 alpha_pattern[re.escape(name)] = float(conv_alpha if conv_alpha is not None else conv_rank)
+    # The exact layer names, not the pattern: a user's regex may also match container
+    # modules (e.g. ``.*attn2`` matches the Attention block), which peft would refuse.
     config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern, init_lora_weights=True,
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, init_lora_weights=True,
         rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_dora=use_dora,
     )
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)

@@ -269,3 +269,12 @@ def test_bad_targets_are_refused():
         LoRASettings(targets="attn(").validate()
     with pytest.raises(SettingsError, match="Conv rank must be"):
         LoRASettings(targets="kohya+conv", conv_rank=0).validate()
+
+
+def test_regex_that_also_matches_containers_adapts_only_layers(tiny_base):
+    unet = copy.deepcopy(tiny_base.unet)
+    names = lora_lib.inject(unet, lora_lib.target_pattern(r".*attn2.*"), 2, 2.0, 0.0, "UNet")
+    assert names and all(isinstance(tiny_base.unet.get_submodule(n), LAYERS) for n in names)
+    assert sorted(n for n, _ in lora_lib.lora_layers(unet)) == sorted(names)
+    lora_lib.remove(unet)
+    assert not any("lora" in n for n, _ in unet.named_modules())

@@ -205,9 +205,10 @@ def test_noise_offset_shifts_each_channel_mean():
 
 def test_noise_offset_changes_training(tiny_base, shapes, baseline):
     zero = train(tiny_base, shapes, LoRASettings(rank=2), TrainSettings(**QUICK, noise_offset=0.0))
-    assert max_difference(zero, baseline) == 0, "offset 0 keeps the random stream"
+    # Same random stream: equal up to float reduction order (runs far apart in one process may differ in the last bit).
+    assert max_difference(zero, baseline) <= 1e-6, "offset 0 keeps the random stream"
     result = train(tiny_base, shapes, LoRASettings(rank=2), TrainSettings(**QUICK, noise_offset=0.2))
-    assert max_difference(result, baseline) > 1e-6
+    assert max_difference(result, baseline) > 1e-4
     assert result.lora.metadata["ss_noise_offset"] == "0.2"
 
 
