@@ -40,8 +40,8 @@ from .preprocess import center_crop, center_crop_to, pil_to_tensor, resize_for_t
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
 
 CROP_MODES = ("center", "random")
-EVAL_IMAGES = 8
-EVAL_DRAWS = 4
+EVAL_IMAGES = 4
+EVAL_DRAWS = 2
 EVAL_SEED = 20240611
 MAX_TEXT_VARIANTS = 256  # augmented-caption embeddings kept for reuse (SD1.x: 236 KB each in fp32)
 
@@ -170,7 +170,7 @@ class TrainResult:
     seconds_per_step: float | None
     seconds_to_first_step: float | None
     eval_loss_before: float
-    eval_loss_after: float
+    eval_loss_after: float | None  # None when the run was cancelled
     interrupted: bool = False
     resumed_from_step: int = 0
     checkpoint_dir: str | None = None
@@ -855,8 +855,10 @@ class Trainer:
             self.text_encoder.eval()
             if self.checkpoint_dir is not None and (interrupted or step == settings.steps) and step > start_step:
                 self.save_checkpoint(step)
-            with self._timed("eval"):
-                eval_after = self.evaluate(self.unet, self.text_encoder)
+            eval_after = None  # a cancelled run ends at once; its checkpoint is what matters
+            if not interrupted:
+                with self._timed("eval"):
+                    eval_after = self.evaluate(self.unet, self.text_encoder)
             lora = self._export(step)
         finally:
             self._restore_base()

@@ -1,6 +1,6 @@
 """Seconds one training preview costs on the full-size SD1.5 architecture (random weights), CPU.
 
-    python benchmarks/preview_cost.py --workdir /tmp/depth_bench [--size 256] [--steps 20]
+    python bench/preview_cost.py --workdir /tmp/depth_bench [--size 256] [--steps 20]
 
 Times core.sampling.generate_previews on the loaded components (the trainer's own
 path), so "seconds per step with previews every N steps" = training s/step + this / N.

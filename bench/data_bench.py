@@ -1,7 +1,7 @@
 """Data-side measurements (not tests): HF indexing cost, and the cost of caption augmentation's text encoding.
 
-    python -m benchmarks.data_bench index --rows 800 --size 1280 --workdir /tmp/pq800
-    python -m benchmarks.data_bench text-cost
+    python -m bench.data_bench index --rows 800 --size 1280 --workdir /tmp/pq800
+    python -m bench.data_bench text-cost
 
 ``index`` writes a synthetic pokemon-sized parquet dataset (JPEG, like the hub's copy), then
 in fresh processes indexes it twice with ``load_hf_dataset`` (cold: datasets converts the
@@ -118,7 +118,7 @@ def main() -> None:
         size = sum(p.stat().st_size for p in folder.iterdir())
         print(json.dumps({"generated_seconds": round(time.perf_counter() - start, 1), "parquet_mib": round(size / 2**20)}))
         for label, extra in (("cold", []), ("warm", ["--open-all"])):
-            output = subprocess.run([sys.executable, "-m", "benchmarks.data_bench", "index-once", str(folder), str(cache), *extra],
+            output = subprocess.run([sys.executable, "-m", "bench.data_bench", "index-once", str(folder), str(cache), *extra],
                                     capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parent.parent)
             print(label, output.stdout.strip().splitlines()[-1])
     elif args.command == "index-once":

@@ -4,10 +4,10 @@ Step 1, with this project's Python: train a small DoRA on the tiny model and wri
     dora.safetensors      the file as saved (dora_scale = m·‖W‖/‖W+sΔW‖, see core/lora.py)
     dora_raw.safetensors  the same with peft's magnitude m saved unchanged as dora_scale
     reference.safetensors base weight W and peft's merged weight W' per module stem
-        python benchmarks/dora_comfyui_check.py export DIR
+        python bench/dora_comfyui_check.py export DIR
 
 Step 2, with ComfyUI's Python (its checkout on sys.path, CPU):
-        COMFYUI_DIR=/tmp/comfyui /tmp/comfyvenv/bin/python benchmarks/dora_comfyui_check.py compare DIR
+        COMFYUI_DIR=/tmp/comfyui /tmp/comfyvenv/bin/python bench/dora_comfyui_check.py compare DIR
 merges both files with comfy.lora.load_lora + the adapters' calculate_weight and prints,
 per file, the largest |W'_comfy - W'_peft| and that relative to the largest |W'_peft - W|.
 """

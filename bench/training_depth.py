@@ -1,6 +1,6 @@
 """Seconds per step of the full-size SD1.5 architecture (random weights): TE LoRA off/on, previews.
 
-    python benchmarks/training_depth.py --workdir /tmp/depth_bench [--steps 6] [--resolution 256]
+    python bench/training_depth.py --workdir /tmp/depth_bench [--steps 6] [--resolution 256]
 
 The tokenizer is synthetic but CLIP-sized (49408 tokens, specials at 49406/49407)
 so the text encoder has SD1.5's exact shape. Prints one JSON object per run.
