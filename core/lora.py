@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from .errors import OutputPathError, SettingsError
+from .errors import OutputPathError, SettingsError, TrainerError
 
 ADAPTER_NAME = "lora_trainer"
 UNET_TARGET_PRESETS = {
@@ -324,11 +324,13 @@ class LoRAWeights:
         return sum(1 for k in self.tensors if k.startswith(TEXT_ENCODER_PREFIX) and k.endswith(".lora_down.weight"))
 
     def __repr__(self) -> str:
-        meta = self.metadata
+        def field(key: str) -> str:  # metadata may come from any file: shown short, never trusted
+            return str(self.metadata.get(key, "?"))[:12]
+
         te = f" + {self.text_encoder_modules} text-encoder" if self.text_encoder_modules else ""
         return (
-            f"LoRA(rank {meta.get('ss_network_dim', '?')}, alpha {meta.get('ss_network_alpha', '?')}, "
-            f"{self.unet_modules} UNet{te} modules, {meta.get('ss_steps', '?')} steps)"
+            f"LoRA(rank {field('ss_network_dim')}, alpha {field('ss_network_alpha')}, "
+            f"{self.unet_modules} UNet{te} modules, {field('ss_steps')} steps)"
         )
 
 
@@ -362,9 +364,18 @@ def save_lora_file(weights: LoRAWeights, path: str | os.PathLike, dtype: torch.d
         raise OutputPathError(f"Could not write {target}: {error.strerror or error}; check free space and permissions.") from None
 
 
+MAX_METADATA_BYTES = 1024 * 1024  # kohya's ss_* metadata is a few KiB; more is not a LoRA we wrote or need
+
+
 def read_lora_file(path: str | os.PathLike) -> LoRAWeights:
+    """Read a LoRA file; its metadata is untrusted text, so its size is checked before it is parsed."""
     from safetensors import safe_open
 
+    from .model_loading import read_safetensors_header
+
+    header, header_length = read_safetensors_header(Path(path))
+    if header_length > MAX_METADATA_BYTES + 64 * len(header):
+        raise TrainerError(f"{Path(path).name} has {header_length // 1024} KiB of header metadata, far more than a LoRA carries; it is refused.")
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         tensors = {key: handle.get_tensor(key).float() for key in handle.keys()}

@@ -293,3 +293,19 @@ def test_last_run_route_validates_ids():
     run_log.record("12", 1, 0.5, {"total": 10})
     status, body = run_log.handle_request({"node_id": "12"}, {})
     assert status == 200 and body["loss"] == [0.5] and json.dumps(body)
+
+
+def test_cancel_twice_then_resume_loses_and_repeats_no_step(comfy, dataset_dir):
+    base, data, config = build_inputs(comfy, dataset_dir)
+    full_lora, full_loss = train(base, data, config, checkpoint_folder="straight_twice", steps=8)
+    for stop_at in (3, 5):
+        comfy.interrupt_at_step = stop_at
+        with pytest.raises(Interrupted):
+            train(base, data, config, checkpoint_folder="twice", steps=8)
+    comfy.interrupt_at_step = None
+    saved = sorted(p.name for p in (comfy.models / "lora_logs" / "twice").iterdir() if not p.name.startswith("."))
+    assert saved == ["checkpoint-000003", "checkpoint-000005"]
+    resumed_lora, resumed_loss = train(base, data, config, checkpoint_folder="twice", steps=8)
+    assert len(resumed_loss["loss"]) == 8, "no step lost or counted twice"
+    assert resumed_loss["loss"] == pytest.approx(full_loss["loss"], abs=1e-6)
+    assert max(float((resumed_lora[k] - full_lora[k]).abs().max()) for k in full_lora) <= 1e-6

@@ -57,3 +57,18 @@ def test_symlink_escape_is_refused(tmp_path):
     (tmp_path / "root" / "link.safetensors").symlink_to(tmp_path / "outside" / "x.safetensors")
     with pytest.raises(OutputPathError, match="would leave"):
         safe_child(tmp_path / "root", "link", suffix=".safetensors")
+
+
+def test_lora_metadata_is_size_limited_and_shown_short(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from core.errors import TrainerError
+    from core.lora import LoRAWeights, read_lora_file
+
+    tensors = {"lora_unet_x.lora_down.weight": torch.zeros(2, 2), "lora_unet_x.lora_up.weight": torch.zeros(2, 2)}
+    save_file(tensors, str(tmp_path / "huge.safetensors"), metadata={"ss_network_dim": "4", "blob": "x" * (3 * 1024 * 1024)})
+    with pytest.raises(TrainerError, match="refused"):
+        read_lora_file(tmp_path / "huge.safetensors")
+    shown = repr(LoRAWeights(tensors, {"ss_network_dim": "9" * 10_000, "ss_steps": "<script>" * 100}))
+    assert len(shown) < 120
