@@ -116,7 +116,7 @@ class FolderDataset:
     def INPUT_TYPES(cls):
         return {"required": {
             "folder": ("STRING", {"default": "", "tooltip": "Absolute path of the dataset folder (or a path relative to ComfyUI's input folder)."}),
-            "layout": (["auto", "image-text", "sidecar"], {"default": "auto", "tooltip": "auto: image/ + text/ when both exist, else sidecar .txt files beside each image."}),
+            "layout": (["auto", "image-text", "sidecar", "kohya", "imagefolder"], {"default": "auto", "tooltip": "auto detects: image/ + text/ folders; metadata.jsonl/csv (imagefolder); kohya 10_name folders (10 repeats); else .txt captions beside each image."}),
             "repeats": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip": "How many times each image is seen per epoch."}),
         }}
 

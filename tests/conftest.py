@@ -29,6 +29,20 @@ def tiny_assets(tmp_path_factory):
     return {"root": root, "tokenizer": tokenizer_dir, "model": model, "ldm": ldm_path, "diffusers": diffusers_dir}
 
 
+@pytest.fixture(scope="module")
+def tiny_base(tiny_assets):
+    """The session's tiny model itself: training must leave it exactly as it found it."""
+    return tiny_assets["model"]
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    """Four captioned shape images shared by one test module."""
+    from core.dataset import load_folder_dataset
+
+    return load_folder_dataset(tiny.write_synthetic_dataset(tmp_path_factory.mktemp("shapes") / "data", count=4, size=64))
+
+
 @pytest.fixture
 def base_model(tiny_assets):
     from core.model_loading import load_base_model

@@ -23,19 +23,6 @@ QUICK = dict(steps=3, learning_rate=2e-2, resolution=64, batch_size=2, lr_schedu
 LAYERS = (torch.nn.Linear, torch.nn.Conv2d)
 
 
-@pytest.fixture(scope="module")
-def tiny_base(tiny_assets):
-    return tiny_assets["model"]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from core import tiny
-    from core.dataset import load_folder_dataset
-
-    return load_folder_dataset(tiny.write_synthetic_dataset(tmp_path_factory.mktemp("adapter_data") / "data", count=4, size=64))
-
-
 class ProbeTrainer(Trainer):
     """Records the trained (peft) UNet and text-encoder outputs before the adapters are removed."""
 

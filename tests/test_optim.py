@@ -20,19 +20,6 @@ QUICK = dict(steps=3, learning_rate=5e-3, resolution=64, batch_size=2, lr_schedu
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tiny_assets):
-    return tiny_assets["model"]
-
-
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from core import tiny
-    from core.dataset import load_folder_dataset
-
-    return load_folder_dataset(tiny.write_synthetic_dataset(tmp_path_factory.mktemp("optim_data") / "data", count=4, size=64))
-
-
-@pytest.fixture(scope="module")
 def baseline(tiny_base, shapes):
     return train(tiny_base, shapes, LoRASettings(rank=2), TrainSettings(**QUICK))
 

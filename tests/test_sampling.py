@@ -9,14 +9,6 @@ QUICK = dict(steps=4, learning_rate=5e-3, resolution=64, batch_size=2, lr_schedu
 PREVIEWS = dict(sample_every=2, sample_prompts=("a red circle", "a blue square"), sample_steps=2, sample_seed=7)
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from core import tiny
-    from core.dataset import load_folder_dataset
-
-    return load_folder_dataset(tiny.write_synthetic_dataset(tmp_path_factory.mktemp("sample_data") / "data", count=4, size=64))
-
-
 @pytest.mark.parametrize("lora_settings", [LoRASettings(rank=2, dropout=0.1), LoRASettings(rank=2, train_text_encoder=True, use_dora=True)], ids=["lora", "te+dora"])
 def test_previews_do_not_change_the_trained_lora(tiny_assets, shapes, tmp_path, lora_settings):
     from PIL import Image

@@ -8,14 +8,6 @@ from core.training import TrainSettings, train
 QUICK = dict(steps=4, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="cosine", seed=4)
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    from core import tiny
-    from core.dataset import load_folder_dataset
-
-    return load_folder_dataset(tiny.write_synthetic_dataset(tmp_path_factory.mktemp("resume_data") / "data", count=4, size=64))
-
-
 def test_keep_last_prunes_and_reports_disk_use(tiny_assets, shapes, tmp_path):
     events = []
     result = train(tiny_assets["model"], shapes, LoRASettings(rank=2), TrainSettings(**QUICK, save_every=1, keep_last=2),
