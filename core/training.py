@@ -686,7 +686,7 @@ class Trainer:
     def _inject(self) -> None:
         ls = self.lora_settings
         torch.manual_seed(mix_seed(self.settings.seed, 0x1A1D))  # peft draws lora_A's init from the global stream
-        self.unet_dtype = self.dtype if self.device.type != "cpu" or self.dtype != torch.float32 else torch.float32
+        self.unet_dtype = self.dtype
         self.unet = self._training_copy(self.base.unet, self.unet_dtype)
         conv_rank = ls.effective_conv_rank if ls.targets == "kohya+conv" or ls.conv_rank else None
         lora_lib.inject(
