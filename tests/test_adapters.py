@@ -18,28 +18,10 @@ from core import lora as lora_lib
 from core.errors import SettingsError
 from core.lora import LoRASettings, read_lora_file, save_lora_file
 from core.training import Trainer, TrainSettings, train
+from training_support import ProbeTrainer
 
 QUICK = dict(steps=3, learning_rate=2e-2, resolution=64, batch_size=2, lr_scheduler="constant", seed=9)
 LAYERS = (torch.nn.Linear, torch.nn.Conv2d)
-
-
-class ProbeTrainer(Trainer):
-    """Records the trained (peft) UNet and text-encoder outputs before the adapters are removed."""
-
-    probe = None
-
-    def _restore_base(self):
-        generator = torch.Generator().manual_seed(11)
-        latents = torch.randn(1, 4, 8, 8, generator=generator)
-        text = torch.randn(1, 77, self.unet.config.cross_attention_dim, generator=generator)
-        ids = self.base.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-        with torch.no_grad():
-            ProbeTrainer.probe = {
-                "latents": latents, "text": text, "ids": ids,
-                "unet": self.unet(latents, torch.tensor([400]), text).sample,
-                "text_encoder": self.text_encoder(ids)[0],
-            }
-        super()._restore_base()
 
 
 def comfy_names(unet, text_encoder) -> dict[str, torch.nn.Module]:

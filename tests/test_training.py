@@ -7,32 +7,14 @@ import torch
 from core import lora as lora_lib
 from core.errors import SettingsError
 from core.lora import LoRASettings, read_lora_file, save_lora_file
-from core.training import Trainer, TrainSettings, train
+from core.training import TrainSettings, train
+from training_support import ProbeTrainer
 
 FAST = dict(steps=6, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
 KOHYA_KEY = re.compile(
     r"^(lora_unet_[a-z0-9_]+|lora_te_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12]))"
     r"\.(lora_down\.weight|lora_up\.weight|alpha)$"
 )
-
-
-class CapturingTrainer(Trainer):
-    """Records the trained peft model's UNet output before the adapters are removed."""
-
-    probe = None
-
-    def _restore_base(self):
-        torch.manual_seed(11)
-        latents = torch.randn(1, 4, 8, 8)
-        text = torch.randn(1, 77, self.unet.config.cross_attention_dim)
-        ids = self.base.tokenizer(["a red circle"], padding="max_length", max_length=77, return_tensors="pt").input_ids
-        with torch.no_grad():
-            CapturingTrainer.probe = {
-                "latents": latents, "text": text, "ids": ids,
-                "unet": self.unet(latents, torch.tensor([400]), text).sample,
-                "text_encoder": self.text_encoder(ids)[0],
-            }
-        super()._restore_base()
 
 
 class StopAtStep:
@@ -58,7 +40,7 @@ def test_saved_lora_reproduces_trained_model_in_diffusers(tiny_assets, base_mode
 
     settings = LoRASettings(rank=4, alpha=2.0, targets="kohya", train_text_encoder=True)
     unet_before = _state(base_model.unet)
-    result = CapturingTrainer(base_model, dataset, settings, TrainSettings(**FAST)).run()
+    result = ProbeTrainer(base_model, dataset, settings, TrainSettings(**FAST)).run()
     path = save_lora_file(result.lora, tmp_path / "trained.safetensors")
 
     # The base model is back to exactly what it was: no adapters left, same weights.
@@ -67,7 +49,7 @@ def test_saved_lora_reproduces_trained_model_in_diffusers(tiny_assets, base_mode
     assert all(torch.equal(unet_before[k], after[k]) for k in unet_before)
 
     pipe = StableDiffusionPipeline.from_pretrained(tiny_assets["diffusers"], safety_checker=None, local_files_only=True)
-    probe = CapturingTrainer.probe
+    probe = ProbeTrainer.probe
     with torch.no_grad():
         plain = pipe.unet(probe["latents"], torch.tensor([400]), probe["text"]).sample
     pipe.load_lora_weights(str(path))
