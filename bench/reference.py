@@ -15,8 +15,6 @@ PROCESS_START = time.perf_counter()
 
 def main() -> None:
     script, warmup, device_type, *script_args = sys.argv[1:]
-    import torch
-
     from bench.measure import peak_memory_bytes, steady_seconds
 
     step_ends: list[float] = []

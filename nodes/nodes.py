@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import replace
 from pathlib import Path
 
 from ..core.errors import DatasetError, ModelLoadError, OutputPathError, TrainerError

@@ -1,5 +1,4 @@
 """Aspect-ratio buckets and caption augmentation: pure functions, then one small training run."""
-import math
 
 import pytest
 import torch

@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from core import tiny
 
 ROOT = Path(__file__).resolve().parent.parent
 
