@@ -32,7 +32,7 @@ def parse_args(argv=None):
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the steady-state median")
-    parser.add_argument("--variants", default="default", help="comma list: default, no-cache, checkpointing, adamw8bit, checkpointing+adamw8bit")
+    parser.add_argument("--variants", default="default", help="comma list: default, no-cache, onednn-convs, checkpointing, adamw8bit; join with + (checkpointing+adamw8bit)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lora_trainer_bench"))
     parser.add_argument("--device", default=None)
     return parser.parse_args(argv)
@@ -79,7 +79,8 @@ def main(argv=None) -> int:
                 "--steps", str(args.steps), "--warmup", str(args.warmup), "--resolution", str(resolution),
                 "--batch-size", str(args.batch_size), "--rank", str(args.rank), "--precision", args.precision,
             ]
-            flags = {"no-cache": ["--no-cache"], "checkpointing": ["--gradient-checkpointing"], "adamw8bit": ["--optimizer", "adamw8bit"]}
+            flags = {"no-cache": ["--no-cache"], "checkpointing": ["--gradient-checkpointing"], "adamw8bit": ["--optimizer", "adamw8bit"],
+                     "onednn-convs": ["--onednn-convs"]}
             command += [flag for part in variant.split("+") for flag in flags.get(part, [])]
             command += ["--device", args.device] if args.device else []
             ours = run_worker(command, env)

@@ -23,6 +23,7 @@ def main() -> None:
     parser.add_argument("--no-cache", action="store_true")
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--device", default=None)
+    parser.add_argument("--onednn-convs", action="store_true", help="keep every convolution on oneDNN (measures core.cpu_kernels)")
     args = parser.parse_args()
 
     from core.cli import _quiet_libraries
@@ -55,6 +56,7 @@ def main() -> None:
     trainer = Trainer(
         base, dataset, LoRASettings(rank=args.rank, targets=args.targets), settings,
         device=device, progress=record, release_frozen_models=True,
+        cpu_matmul_convolutions=not args.onednn_convs,
     )
     result = trainer.run()
     step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]

@@ -15,7 +15,7 @@ import os
 import statistics
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,6 +27,7 @@ from . import buckets as buckets_lib
 from . import checkpoints
 from . import lora as lora_lib
 from .augment import CaptionAugmentation
+from .cpu_kernels import matmul_convolutions
 from .dataset import ImageCaptionDataset, image_size
 from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, torch_dtype
 from .errors import SettingsError, TrainerError
@@ -228,9 +229,11 @@ class Trainer:
         resume_from: str | os.PathLike | None = None,
         init_lora: str | os.PathLike | None = None,
         release_frozen_models: bool = False,
+        cpu_matmul_convolutions: bool = True,
     ):
         """``release_frozen_models`` frees the VAE, text encoder and base UNet weights once they are no
-        longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI."""
+        longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI.
+        ``cpu_matmul_convolutions`` lets frozen convolutions use ``core.cpu_kernels`` on the CPU (off only to measure it)."""
         lora_settings.validate()
         settings.validate(dataset.num_samples)
         if len(dataset) == 0:
@@ -246,6 +249,8 @@ class Trainer:
         if settings.save_every and not self.checkpoint_dir:
             raise SettingsError("Saving every N steps needs a checkpoint folder.")
         self.release_frozen_models = release_frozen_models
+        self.cpu_matmul_convolutions = cpu_matmul_convolutions
+        self._kernels = ExitStack()
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()
         self.init_lora = Path(init_lora) if init_lora else None
@@ -704,6 +709,8 @@ class Trainer:
             for parameter in model.parameters():
                 if parameter.requires_grad:
                     parameter.data = parameter.data.float()  # adapters train in fp32 under any autocast
+        if self.device.type == "cpu" and self.cpu_matmul_convolutions:
+            self._kernels.enter_context(matmul_convolutions(self.unet))
         if self.settings.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_text_encoder:
@@ -717,6 +724,7 @@ class Trainer:
         return groups
 
     def _restore_base(self) -> None:
+        self._kernels.close()
         for model, original in ((self.unet, self.base.unet), (self.text_encoder, self.base.text_encoder)):
             if model is original:
                 lora_lib.remove(model)

@@ -1,0 +1,90 @@
+"""Frozen convolutions as unfold + matmul (core.cpu_kernels): same numbers as oneDNN, only where it pays, undone after."""
+import pytest
+import torch
+
+from core import cpu_kernels
+from core.cpu_kernels import MatmulConv2d, matmul_convolutions
+from core.lora import LoRASettings
+from core.training import Trainer, TrainSettings
+
+CONVS = [
+    dict(in_channels=6, out_channels=5, kernel_size=3, padding=1),
+    dict(in_channels=6, out_channels=5, kernel_size=3, padding=1, stride=2),
+    dict(in_channels=6, out_channels=5, kernel_size=1),
+    dict(in_channels=6, out_channels=5, kernel_size=3, padding=2, dilation=2, bias=False),
+    dict(in_channels=6, out_channels=5, kernel_size=(3, 1), padding=(1, 0)),
+]
+
+
+def _pair(config):
+    torch.manual_seed(0)
+    plain = torch.nn.Conv2d(**config).requires_grad_(False)
+    rewritten = torch.nn.Conv2d(**config).requires_grad_(False)
+    rewritten.load_state_dict(plain.state_dict())
+    rewritten.__class__ = MatmulConv2d
+    return plain, rewritten
+
+
+@pytest.mark.parametrize("config", CONVS)
+def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "MATMUL_WEIGHT_PER_POSITION", 0)
+    plain, rewritten = _pair(config)
+    x = torch.randn(2, 6, 9, 7)
+    outputs, gradients = [], []
+    for conv in (plain, rewritten):
+        leaf = x.clone().requires_grad_(True)
+        out = conv(leaf)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs.append(out)
+        gradients.append(leaf.grad)
+    assert rewritten._use_matmul(x, rewritten.weight)
+    assert outputs[0].shape == outputs[1].shape
+    assert (outputs[0] - outputs[1]).abs().max() <= 1e-5
+    assert (gradients[0] - gradients[1]).abs().max() <= 1e-5
+
+
+def test_matmul_convolution_follows_bf16_autocast(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "MATMUL_WEIGHT_PER_POSITION", 0)
+    plain, rewritten = _pair(CONVS[0])
+    x = torch.randn(1, 6, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, got = plain(x), rewritten(x)
+    assert got.dtype == expected.dtype == torch.bfloat16
+    assert (got.float() - expected.float()).abs().max() <= 0.05 * expected.float().abs().max()
+
+
+def test_only_frozen_convolutions_with_weights_larger_than_their_grid_use_the_matmul():
+    conv = MatmulConv2d(1280, 1280, 3, padding=1).requires_grad_(False)  # SD1.5's deepest level
+    assert conv._use_matmul(torch.empty(1, 1280, 8, 8), conv.weight)
+    assert not conv._use_matmul(torch.empty(1, 1280, 64, 64), conv.weight)  # large grid: oneDNN is faster
+    assert not conv._use_matmul(torch.empty(16, 1280, 8, 8), conv.weight)  # a large batch counts as a large grid
+    conv.weight.requires_grad_(True)
+    assert not conv._use_matmul(torch.empty(1, 1280, 8, 8), conv.weight)  # a trained weight keeps oneDNN's backward
+    grouped = MatmulConv2d(1280, 1280, 3, padding=1, groups=2).requires_grad_(False)
+    assert not grouped._use_matmul(torch.empty(1, 1280, 4, 4), grouped.weight)
+
+
+def test_matmul_convolutions_are_undone_after_the_block_even_on_error():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), torch.nn.Linear(3, 3))
+    with pytest.raises(RuntimeError, match="boom"):
+        with matmul_convolutions(model) as swapped:
+            assert swapped == 2
+            assert [type(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [MatmulConv2d, MatmulConv2d]
+            raise RuntimeError("boom")
+    assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_training_with_matmul_convolutions_gives_the_same_lora(base_model, dataset, monkeypatch):
+    """Every UNet convolution forced onto the matmul path: the LoRA matches a oneDNN run and the base is restored."""
+    settings = TrainSettings(steps=3, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
+    onednn = Trainer(base_model, dataset, LoRASettings(rank=2, targets="kohya"), settings, cpu_matmul_convolutions=False).run()
+    monkeypatch.setattr(cpu_kernels, "MATMUL_WEIGHT_PER_POSITION", 0)
+    calls = []
+    original = MatmulConv2d._conv_forward
+    monkeypatch.setattr(MatmulConv2d, "_conv_forward", lambda self, *args: calls.append(1) or original(self, *args))
+    matmul = Trainer(base_model, dataset, LoRASettings(rank=2, targets="kohya"), settings).run()
+    assert calls
+    assert all(type(m) is torch.nn.Conv2d for m in base_model.unet.modules() if isinstance(m, torch.nn.Conv2d))
+    # Rounding differs (~1e-7); Adam's normalised steps carry it to ~3e-5 after 3 steps of 5e-3 each.
+    for key, value in onednn.lora.tensors.items():
+        assert (matmul.lora.tensors[key] - value).abs().max() <= 1e-4, key
