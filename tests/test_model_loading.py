@@ -132,3 +132,51 @@ def test_tokenizer_must_match_text_encoder(tmp_path, tiny_assets):
     other = tiny.write_tiny_tokenizer(tmp_path / "other", words=["zebra"])
     with pytest.raises(ModelLoadError, match="tokens"):
         load_base_model(tiny_assets["ldm"], other)
+
+
+def test_streamed_safetensors_read_casts_floats_only(tmp_path):
+    from safetensors.torch import load_file
+
+    from core.model_loading import read_safetensors_as
+
+    tensors = {
+        "f32": torch.randn(3, 5), "f16": torch.randn(7).half(), "bf16": torch.randn(2, 2, 2).bfloat16(),
+        "i64": torch.arange(6).view(2, 3), "flag": torch.tensor([True, False]), "empty": torch.zeros(0, 4),
+    }
+    path = tmp_path / "mixed.safetensors"
+    save_file(tensors, str(path), metadata={"note": "x"})
+    streamed = read_safetensors_as(path, torch.bfloat16)
+    expected = load_file(str(path))
+    assert set(streamed) == set(expected)
+    for key, value in expected.items():
+        wanted = value.to(torch.bfloat16) if value.is_floating_point() else value
+        assert streamed[key].dtype == wanted.dtype and torch.equal(streamed[key], wanted), key
+    path.write_bytes(path.read_bytes()[:-8])
+    with pytest.raises(ModelLoadError, match="truncated"):
+        read_safetensors_as(path, torch.float32)
+
+
+def test_diffusers_folder_in_another_dtype_is_read_streamed_and_matches_from_pretrained(tiny_assets, monkeypatch):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from core import model_loading
+
+    streamed = []
+    original = model_loading.read_safetensors_as
+    monkeypatch.setattr(model_loading, "read_safetensors_as", lambda path, dtype: streamed.append(path.parent.name) or original(path, dtype))
+    model = load_base_model(tiny_assets["diffusers"], dtype=torch.bfloat16)
+    assert streamed == ["unet", "text_encoder"]
+    folder = tiny_assets["diffusers"]
+    for loaded, reference in (
+        (model.unet, UNet2DConditionModel.from_pretrained(folder / "unet", torch_dtype=torch.bfloat16)),
+        (model.text_encoder, CLIPTextModel.from_pretrained(folder / "text_encoder", torch_dtype=torch.bfloat16)),
+    ):
+        expected = reference.state_dict()
+        assert set(loaded.state_dict()) == set(expected)
+        for key, value in loaded.state_dict().items():
+            assert value.dtype == expected[key].dtype and torch.equal(value, expected[key]), key
+    assert next(model.vae.parameters()).dtype == torch.float32
+    streamed.clear()
+    load_base_model(tiny_assets["diffusers"], dtype=torch.float32)
+    assert streamed == []  # same dtype as stored: diffusers' own zero-copy load
