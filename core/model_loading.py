@@ -8,13 +8,14 @@ hub config to learn the architecture.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -89,8 +90,10 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, length
 
 
-def read_safetensors_as(path: Path, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def read_safetensors_as(path: Path, dtype: torch.dtype | Callable[[str], torch.dtype | None]) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors, floating-point ones cast to ``dtype``, read one tensor at a time.
+
+    ``dtype`` may instead be a function of the key that gives the dtype, or None to skip the tensor.
 
     safetensors memory-maps the whole file, and every page it touches counts
     against the process until the last tensor read from it is gone: casting an
@@ -99,10 +102,12 @@ def read_safetensors_as(path: Path, dtype: torch.dtype) -> dict[str, torch.Tenso
     peaks at the copy plus one tensor.
     """
     header, header_length = read_safetensors_header(path)
+    dtype_for = dtype if callable(dtype) else (lambda key: dtype)
     state: dict[str, torch.Tensor] = {}
     with open(path, "rb") as handle:
         for key, info in header.items():
-            if key == "__metadata__":
+            target = dtype_for(key) if key != "__metadata__" else None
+            if target is None:
                 continue
             stored = SAFETENSORS_DTYPES.get(info.get("dtype"))
             if stored is None:
@@ -113,12 +118,28 @@ def read_safetensors_as(path: Path, dtype: torch.dtype) -> dict[str, torch.Tenso
             if handle.readinto(buffer.numpy()) != end - begin:
                 raise ModelLoadError(f"{path.name} is truncated (it ends inside {key}); download it again.")
             tensor = buffer.view(stored).reshape(info["shape"])
-            state[key] = tensor.to(dtype) if tensor.is_floating_point() else tensor
+            state[key] = tensor.to(target) if tensor.is_floating_point() else tensor
     return state
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors without ever unpickling arbitrary code."""
+def safetensors_needs_cast(header: dict[str, Any], dtype: torch.dtype | Callable[[str], torch.dtype | None]) -> bool:
+    """Whether some floating-point tensor is stored in another dtype than wanted (else a memory map costs nothing extra)."""
+    dtype_for = dtype if callable(dtype) else (lambda key: dtype)
+    for key, info in header.items():
+        stored = SAFETENSORS_DTYPES.get(info.get("dtype")) if key != "__metadata__" else None
+        wanted = dtype_for(key) if stored is not None else None
+        if wanted is not None and stored.is_floating_point and stored != wanted:
+            return True
+    return False
+
+
+def read_state_dict(path: Path, dtype_for_key: Callable[[str], torch.dtype | None] | None = None) -> dict[str, torch.Tensor]:
+    """Load a checkpoint's tensors without ever unpickling arbitrary code.
+
+    With ``dtype_for_key``, a safetensors file that needs casting is read streamed (see
+    ``read_safetensors_as``), each tensor cast as it arrives and those given None skipped;
+    one already in the wanted dtypes is memory-mapped, so untouched tensors cost nothing.
+    """
     if not path.exists():
         raise ModelLoadError(f"Checkpoint {path} does not exist.")
     if path.is_dir():
@@ -135,6 +156,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
                 f"Checkpoint {path.name} is truncated ({path.stat().st_size} bytes, its header promises "
                 f"{expected_size}); download it again."
             )
+        problem = describe_unsupported([key for key in header if key != "__metadata__"])
+        if problem:
+            raise ModelLoadError(f"{path.name} is {problem}.")
+        if dtype_for_key is not None and safetensors_needs_cast(header, dtype_for_key):
+            return read_safetensors_as(path, dtype_for_key)
         from safetensors.torch import load_file
 
         try:
@@ -391,6 +417,15 @@ def file_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.name}:{stat.st_size}:{int(stat.st_mtime)}".encode()).hexdigest()[:16]
 
 
+def _ldm_dtype(key: str, dtype: torch.dtype) -> torch.dtype | None:
+    """The dtype a single-file checkpoint's tensor is read in; None for what no component uses (EMA copies, ...)."""
+    if key.startswith(VAE_PREFIX):
+        return torch.float32  # see components_from_ldm_state
+    if key.startswith((UNET_PREFIX, CLIP_PREFIX)):
+        return dtype
+    return None
+
+
 def load_base_model(
     path: str | os.PathLike,
     tokenizer_dir: str | os.PathLike | None = None,
@@ -404,7 +439,7 @@ def load_base_model(
     source = Path(path)
     if source.is_dir() and (source / "model_index.json").is_file():
         return _load_diffusers_folder(source, tokenizer_dir, prediction_type, dtype)
-    state = read_state_dict(source)
+    state = read_state_dict(source, functools.partial(_ldm_dtype, dtype=dtype))
     problem = describe_unsupported(list(state.keys()))
     if problem:
         raise ModelLoadError(f"{source.name} is {problem}.")
@@ -435,8 +470,7 @@ def _from_pretrained(model_class, folder: Path, weights_name: str, dtype: torch.
     weights = folder / weights_name
     if weights.is_file():
         header, _ = read_safetensors_header(weights)
-        stored = {SAFETENSORS_DTYPES.get(info.get("dtype")) for key, info in header.items() if key != "__metadata__"}
-        if any(kind is not None and kind.is_floating_point and kind != dtype for kind in stored):
+        if safetensors_needs_cast(header, dtype):
             if issubclass(model_class, PreTrainedModel):
                 config = model_class.config_class.from_pretrained(folder, local_files_only=True)
                 make = lambda: model_class._from_config(config)  # noqa: E731

@@ -180,3 +180,30 @@ def test_diffusers_folder_in_another_dtype_is_read_streamed_and_matches_from_pre
     streamed.clear()
     load_base_model(tiny_assets["diffusers"], dtype=torch.float32)
     assert streamed == []  # same dtype as stored: diffusers' own zero-copy load
+
+
+def test_single_file_is_read_streamed_in_each_components_dtype_skipping_unused_tensors(tiny_assets, tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from core import model_loading
+
+    state = load_file(str(tiny_assets["ldm"]))
+    state["model_ema.decay"] = torch.tensor(0.9999)
+    state["model_ema.diffusion_modelinput_blocks00weight"] = torch.randn(8, 4, 3, 3)
+    path = tmp_path / "with_ema.safetensors"
+    save_file(state, str(path))
+    reads = []
+    original = model_loading.read_safetensors_as
+    monkeypatch.setattr(model_loading, "read_safetensors_as", lambda p, dtype: reads.append(original(p, dtype)) or reads[-1])
+    model = load_base_model(path, tiny_assets["tokenizer"], dtype=torch.bfloat16)
+    [read] = reads
+    assert not any(key.startswith("model_ema.") for key in read)
+    assert {t.dtype for k, t in read.items() if k.startswith(model_loading.VAE_PREFIX)} == {torch.float32}
+    reference = load_base_model(tiny_assets["diffusers"], dtype=torch.bfloat16)
+    for part in ("unet", "vae", "text_encoder"):
+        expected = getattr(reference, part).state_dict()
+        for key, value in getattr(model, part).state_dict().items():
+            assert value.dtype == expected[key].dtype and torch.equal(value, expected[key]), (part, key)
+    reads.clear()
+    load_base_model(path, tiny_assets["tokenizer"], dtype=torch.float32)
+    assert reads == []  # stored as wanted: memory-mapped, untouched tensors cost nothing
