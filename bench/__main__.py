@@ -21,6 +21,10 @@ from pathlib import Path
 from bench.assets import MODELS, build_data, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
+VARIANT_FLAGS = {
+    "default": [], "no-cache": ["--no-cache"], "onednn-convs": ["--onednn-convs"],
+    "checkpointing": ["--gradient-checkpointing"], "adamw8bit": ["--optimizer", "adamw8bit"],
+}
 
 
 def parse_args(argv=None):
@@ -35,7 +39,11 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default="default", help="comma list: default, no-cache, onednn-convs, checkpointing, adamw8bit; join with + (checkpointing+adamw8bit)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lora_trainer_bench"))
     parser.add_argument("--device", default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = sorted({part for variant in args.variants.split(",") for part in variant.split("+")} - set(VARIANT_FLAGS))
+    if unknown:
+        parser.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANT_FLAGS)}")
+    return args
 
 
 def run_worker(command: list[str], env: dict[str, str]) -> dict:
@@ -79,9 +87,7 @@ def main(argv=None) -> int:
                 "--steps", str(args.steps), "--warmup", str(args.warmup), "--resolution", str(resolution),
                 "--batch-size", str(args.batch_size), "--rank", str(args.rank), "--precision", args.precision,
             ]
-            flags = {"no-cache": ["--no-cache"], "checkpointing": ["--gradient-checkpointing"], "adamw8bit": ["--optimizer", "adamw8bit"],
-                     "onednn-convs": ["--onednn-convs"]}
-            command += [flag for part in variant.split("+") for flag in flags.get(part, [])]
+            command += [flag for part in variant.split("+") for flag in VARIANT_FLAGS[part]]
             command += ["--device", args.device] if args.device else []
             ours = run_worker(command, env)
             line = {**config, "variant": variant, **ours}
