@@ -17,10 +17,15 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-# Weight elements per output position above which unfold + matmul beats oneDNN
-# (measured on SD1.5's convolutions at 256 and 512 px, fp32 and bf16; anything from 5e3 to 1e5 was
-# within noise of the best, 2e4 sits in the middle).
-MATMUL_WEIGHT_PER_POSITION = 2e4
+# Weight elements per output position above which unfold + matmul beats oneDNN, by compute dtype and
+# by whether the kernel is 1x1 (no unfold to pay for); ``python -m bench.cpu_conv_rule`` measures
+# forward + input gradient of every SD1.5 convolution shape at 256 and 512 px. bf16 3x3 switches
+# between 57.6k (oneDNN faster) and 86.4k (matmul faster); fp32 3x3 is a tie from 43k to 58k between
+# runs, so its threshold sits there; 1x1 kernels favour the matmul from about 1.6k (fp32) or less (bf16).
+MATMUL_THRESHOLDS = {
+    (torch.float32, False): 5e4, (torch.float32, True): 4e3,
+    (torch.bfloat16, False): 7e4, (torch.bfloat16, True): 1e3,
+}
 
 
 class MatmulConv2d(torch.nn.Conv2d):
@@ -35,7 +40,7 @@ class MatmulConv2d(torch.nn.Conv2d):
             input, weight = input.to(dtype), weight.to(dtype)
             bias = bias.to(dtype) if bias is not None else None
         batch, height, width = input.shape[0], *self._output_size(input)
-        if self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0):
+        if self._pointwise():
             columns = input.flatten(2)
         else:
             columns = F.unfold(input, self.kernel_size, self.dilation, self.padding, self.stride)
@@ -56,8 +61,14 @@ class MatmulConv2d(torch.nn.Conv2d):
             or input.device.type != "cpu" or input.dim() != 4
         ):
             return False
+        autocast = torch.is_autocast_enabled(input.device.type)
+        dtype = torch.get_autocast_dtype(input.device.type) if autocast else weight.dtype
+        threshold = MATMUL_THRESHOLDS.get((dtype, self._pointwise()))
         height, width = self._output_size(input)
-        return weight.numel() >= MATMUL_WEIGHT_PER_POSITION * input.shape[0] * height * width
+        return threshold is not None and weight.numel() >= threshold * input.shape[0] * height * width
+
+    def _pointwise(self) -> bool:
+        return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
 
 @contextmanager

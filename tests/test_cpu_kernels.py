@@ -16,6 +16,10 @@ CONVS = [
 ]
 
 
+def _force_matmul(monkeypatch):
+    monkeypatch.setattr(cpu_kernels, "MATMUL_THRESHOLDS", {key: 0 for key in cpu_kernels.MATMUL_THRESHOLDS})
+
+
 def _pair(config):
     torch.manual_seed(0)
     plain = torch.nn.Conv2d(**config).requires_grad_(False)
@@ -27,7 +31,7 @@ def _pair(config):
 
 @pytest.mark.parametrize("config", CONVS)
 def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, monkeypatch):
-    monkeypatch.setattr(cpu_kernels, "MATMUL_WEIGHT_PER_POSITION", 0)
+    _force_matmul(monkeypatch)
     plain, rewritten = _pair(config)
     x = torch.randn(2, 6, 9, 7)
     outputs, gradients = [], []
@@ -44,7 +48,7 @@ def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, mo
 
 
 def test_matmul_convolution_follows_bf16_autocast(monkeypatch):
-    monkeypatch.setattr(cpu_kernels, "MATMUL_WEIGHT_PER_POSITION", 0)
+    _force_matmul(monkeypatch)
     plain, rewritten = _pair(CONVS[0])
     x = torch.randn(1, 6, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -58,6 +62,14 @@ def test_only_frozen_convolutions_with_weights_larger_than_their_grid_use_the_ma
     assert conv._use_matmul(torch.empty(1, 1280, 8, 8), conv.weight)
     assert not conv._use_matmul(torch.empty(1, 1280, 64, 64), conv.weight)  # large grid: oneDNN is faster
     assert not conv._use_matmul(torch.empty(16, 1280, 8, 8), conv.weight)  # a large batch counts as a large grid
+    # On a 16x16 grid the matmul wins in fp32 but not in bf16, whose oneDNN kernels are faster.
+    assert conv._use_matmul(torch.empty(1, 1280, 16, 16), conv.weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not conv._use_matmul(torch.empty(1, 1280, 16, 16), conv.weight)
+        assert conv._use_matmul(torch.empty(1, 1280, 8, 8), conv.weight)
+    pointwise = MatmulConv2d(1280, 1280, 1).requires_grad_(False)  # no unfold to pay for: a lower threshold
+    assert pointwise._use_matmul(torch.empty(1, 1280, 8, 8), pointwise.weight)
+    assert not MatmulConv2d(4, 4, 3).double().requires_grad_(False)._use_matmul(torch.empty(1, 4, 3, 3).double(), torch.empty(4, 4, 3, 3).double())
     conv.weight.requires_grad_(True)
     assert not conv._use_matmul(torch.empty(1, 1280, 8, 8), conv.weight)  # a trained weight keeps oneDNN's backward
     grouped = MatmulConv2d(1280, 1280, 3, padding=1, groups=2).requires_grad_(False)
@@ -78,7 +90,7 @@ def test_training_with_matmul_convolutions_gives_the_same_lora(base_model, datas
     """Every UNet convolution forced onto the matmul path: the LoRA matches a oneDNN run and the base is restored."""
     settings = TrainSettings(steps=3, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
     onednn = Trainer(base_model, dataset, LoRASettings(rank=2, targets="kohya"), settings, cpu_matmul_convolutions=False).run()
-    monkeypatch.setattr(cpu_kernels, "MATMUL_WEIGHT_PER_POSITION", 0)
+    _force_matmul(monkeypatch)
     calls = []
     original = MatmulConv2d._conv_forward
     monkeypatch.setattr(MatmulConv2d, "_conv_forward", lambda self, *args: calls.append(1) or original(self, *args))
