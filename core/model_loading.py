@@ -90,6 +90,10 @@ def read_safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, length
 
 
+def _as_dtype_function(dtype: torch.dtype | Callable[[str], torch.dtype | None]) -> Callable[[str], torch.dtype | None]:
+    return dtype if callable(dtype) else (lambda key: dtype)
+
+
 def read_safetensors_as(path: Path, dtype: torch.dtype | Callable[[str], torch.dtype | None]) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors, floating-point ones cast to ``dtype``, read one tensor at a time.
 
@@ -102,7 +106,7 @@ def read_safetensors_as(path: Path, dtype: torch.dtype | Callable[[str], torch.d
     peaks at the copy plus one tensor.
     """
     header, header_length = read_safetensors_header(path)
-    dtype_for = dtype if callable(dtype) else (lambda key: dtype)
+    dtype_for = _as_dtype_function(dtype)
     state: dict[str, torch.Tensor] = {}
     with open(path, "rb") as handle:
         for key, info in header.items():
@@ -124,7 +128,7 @@ def read_safetensors_as(path: Path, dtype: torch.dtype | Callable[[str], torch.d
 
 def safetensors_needs_cast(header: dict[str, Any], dtype: torch.dtype | Callable[[str], torch.dtype | None]) -> bool:
     """Whether some floating-point tensor is stored in another dtype than wanted (else a memory map costs nothing extra)."""
-    dtype_for = dtype if callable(dtype) else (lambda key: dtype)
+    dtype_for = _as_dtype_function(dtype)
     for key, info in header.items():
         stored = SAFETENSORS_DTYPES.get(info.get("dtype")) if key != "__metadata__" else None
         wanted = dtype_for(key) if stored is not None else None
@@ -134,7 +138,7 @@ def safetensors_needs_cast(header: dict[str, Any], dtype: torch.dtype | Callable
 
 
 def read_state_dict(path: Path, dtype_for_key: Callable[[str], torch.dtype | None] | None = None) -> dict[str, torch.Tensor]:
-    """Load a checkpoint's tensors without ever unpickling arbitrary code.
+    """Load an SD1.x checkpoint's tensors without ever unpickling arbitrary code; other models are refused by name.
 
     With ``dtype_for_key``, a safetensors file that needs casting is read streamed (see
     ``read_safetensors_as``), each tensor cast as it arrives and those given None skipped;
@@ -179,6 +183,9 @@ def read_state_dict(path: Path, dtype_for_key: Callable[[str], torch.dtype | Non
             loaded = loaded["state_dict"]
         if not isinstance(loaded, dict) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
             raise ModelLoadError(f"{path.name} does not hold a table of tensors, so it is not a model checkpoint.")
+        problem = describe_unsupported(list(loaded.keys()))
+        if problem:
+            raise ModelLoadError(f"{path.name} is {problem}.")
         return loaded
     raise ModelLoadError(f"{path.name} has an unsupported extension {suffix!r}; use a .safetensors checkpoint or a diffusers folder.")
 
@@ -327,6 +334,15 @@ def text_encoder_from_config(config: dict[str, Any]):
     return CLIPTextModel(CLIPTextConfig(**settings))
 
 
+def module_from_config(model_class, config) -> Callable[[], torch.nn.Module]:
+    """A function that builds an (uninitialised) ``model_class`` from ``config``: diffusers and transformers name it differently."""
+    from transformers import PreTrainedModel
+
+    if issubclass(model_class, PreTrainedModel):
+        return lambda: model_class._from_config(config)
+    return lambda: model_class.from_config(config)
+
+
 def materialize(make_module, state: dict[str, torch.Tensor], what: str, dtype: torch.dtype = torch.float32, device="cpu") -> torch.nn.Module:
     """Build a module on the meta device and adopt ``state``'s tensors directly (no random init, no second copy)."""
     with torch.device("meta"):
@@ -440,9 +456,6 @@ def load_base_model(
     if source.is_dir() and (source / "model_index.json").is_file():
         return _load_diffusers_folder(source, tokenizer_dir, prediction_type, dtype)
     state = read_state_dict(source, functools.partial(_ldm_dtype, dtype=dtype))
-    problem = describe_unsupported(list(state.keys()))
-    if problem:
-        raise ModelLoadError(f"{source.name} is {problem}.")
     unet, vae, text_encoder = components_from_ldm_state(state, dtype)
     del state
     tokenizer = load_tokenizer(tokenizer_dir)
@@ -473,11 +486,9 @@ def _from_pretrained(model_class, folder: Path, weights_name: str, dtype: torch.
         if safetensors_needs_cast(header, dtype):
             if issubclass(model_class, PreTrainedModel):
                 config = model_class.config_class.from_pretrained(folder, local_files_only=True)
-                make = lambda: model_class._from_config(config)  # noqa: E731
             else:
                 config = model_class.load_config(folder, local_files_only=True)
-                make = lambda: model_class.from_config(config)  # noqa: E731
-            return materialize(make, read_safetensors_as(weights, dtype), model_class.__name__, dtype)
+            return materialize(module_from_config(model_class, config), read_safetensors_as(weights, dtype), model_class.__name__, dtype)
     return model_class.from_pretrained(folder, local_files_only=True, torch_dtype=dtype)
 
 

@@ -35,7 +35,7 @@ from .locking import FolderLock
 from .losses import (
     LOSSES, PREDICTIONS, add_noise_offset, denoising_loss, min_snr_weights, resolve_prediction_type, training_target,
 )
-from .model_loading import BaseModel, materialize
+from .model_loading import BaseModel, materialize, module_from_config
 from .optim import LR_SCHEDULERS, check_optimizer, make_optimizer, optimizer_class_name, warmup_step_count
 from .preprocess import center_crop, center_crop_to, pil_to_tensor, resize_for_training, resize_to_cover
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
@@ -292,10 +292,7 @@ class Trainer:
         parameter = next(module.parameters())
         if parameter.device == self.device and parameter.dtype == dtype:
             return module
-        from transformers import PreTrainedModel
-
-        make = (lambda: type(module)._from_config(module.config)) if isinstance(module, PreTrainedModel) else (lambda: type(module).from_config(module.config))
-        clone = materialize(make, module.state_dict(), type(module).__name__, dtype, self.device)
+        clone = materialize(module_from_config(type(module), module.config), module.state_dict(), type(module).__name__, dtype, self.device)
         if self.release_frozen_models:
             module.to("meta")
         return clone
