@@ -73,7 +73,7 @@ def build_optimizer(name: str, groups: list[dict], device: torch.device) -> torc
         options = dict(lr=lr, betas=(0.9, 0.999), weight_decay=WEIGHT_DECAY, eps=1e-8)
         if device.type in ("cuda", "cpu"):
             try:
-                # One kernel for all adapters instead of ~10 small ops per tensor: 2.7 -> 0.4 ms a step on the tiny model.
+                # One kernel for all adapters instead of ~10 small ops per tensor: the tiny model's optimizer phase 3.3 -> 1.4 ms a step.
                 return torch.optim.AdamW(groups, fused=True, **options)
             except RuntimeError:  # torch before 2.4 has no fused CPU AdamW
                 pass
