@@ -34,18 +34,19 @@ def seconds(conv: torch.nn.Conv2d, x: torch.Tensor, gradient: torch.Tensor, repe
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.cpu_conv_rule", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=1, help="images per call; the rule counts batch x grid positions")
     args = parser.parse_args()
     for dtype in (torch.float32, torch.bfloat16):
         bounds = {True: [0.0, float("inf")], False: [0.0, float("inf")]}
         for in_channels, out_channels, kernel, grid in SHAPES:
             conv = MatmulConv2d(in_channels, out_channels, kernel, padding=kernel // 2).to(dtype).requires_grad_(False)
-            x = torch.randn(1, in_channels, grid, grid, dtype=dtype, requires_grad=True)
-            gradient = torch.randn(1, out_channels, grid, grid, dtype=dtype)
+            x = torch.randn(args.batch_size, in_channels, grid, grid, dtype=dtype, requires_grad=True)
+            gradient = torch.randn(args.batch_size, out_channels, grid, grid, dtype=dtype)
             timings = {}
             for path, threshold in (("onednn", float("inf")), ("matmul", 0.0)):
                 cpu_kernels.MATMUL_THRESHOLDS = {key: threshold for key in cpu_kernels.MATMUL_THRESHOLDS}
                 timings[path] = seconds(conv, x, gradient, args.repeats)
-            per_position = conv.weight.numel() / grid**2
+            per_position = conv.weight.numel() / (args.batch_size * grid**2)
             faster = min(timings, key=timings.get)
             low, high = bounds[kernel == 1]
             bounds[kernel == 1] = [max(low, per_position), high] if faster == "onednn" else [low, min(high, per_position)]

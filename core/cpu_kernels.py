@@ -44,10 +44,14 @@ class MatmulConv2d(torch.nn.Conv2d):
             columns = input.flatten(2)
         else:
             columns = F.unfold(input, self.kernel_size, self.dilation, self.padding, self.stride)
+        # One 2-D multiply over the whole batch: a broadcast (batched) multiply repacks the weights once per
+        # image, which made batch 2 in bf16 three times slower than oneDNN.
+        columns = columns[0] if batch == 1 else columns.transpose(0, 1).reshape(columns.shape[1], -1)
         output = weight.reshape(weight.shape[0], -1) @ columns
         if bias is not None:
             output = output + bias[:, None]
-        return output.view(batch, weight.shape[0], height, width)
+        output = output.view(weight.shape[0], batch, height, width)
+        return output.transpose(0, 1).contiguous() if batch > 1 else output.view(1, weight.shape[0], height, width)
 
     def _output_size(self, input: torch.Tensor) -> tuple[int, int]:
         return tuple(

@@ -29,11 +29,12 @@ def _pair(config):
     return plain, rewritten
 
 
+@pytest.mark.parametrize("batch", [1, 3])
 @pytest.mark.parametrize("config", CONVS)
-def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, monkeypatch):
+def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, batch, monkeypatch):
     _force_matmul(monkeypatch)
     plain, rewritten = _pair(config)
-    x = torch.randn(2, 6, 9, 7)
+    x = torch.randn(batch, 6, 9, 7)
     outputs, gradients = [], []
     for conv in (plain, rewritten):
         leaf = x.clone().requires_grad_(True)
@@ -42,7 +43,7 @@ def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, mo
         outputs.append(out)
         gradients.append(leaf.grad)
     assert rewritten._use_matmul(x, rewritten.weight)
-    assert outputs[0].shape == outputs[1].shape
+    assert outputs[0].shape == outputs[1].shape and outputs[1].is_contiguous()
     assert (outputs[0] - outputs[1]).abs().max() <= 1e-5
     assert (gradients[0] - gradients[1]).abs().max() <= 1e-5
 
