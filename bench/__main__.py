@@ -6,13 +6,16 @@ of steps per configuration, each in its own process, and prints one JSON line
 per configuration. With ``REFERENCE_SCRIPT`` pointing at a copy of diffusers'
 ``examples/text_to_image/train_text_to_image_lora.py`` it also runs that
 script on the same model, images and settings in the same invocation and adds
-the ratios ours/reference.
+the ratios ours/reference. ``--repeats N`` alternates the runs N times and
+ends with one summary line per variant (median and range of the per-round
+ratios), since a shared machine drifts by 10 % or more between runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -39,7 +42,10 @@ def parse_args(argv=None):
     parser.add_argument("--variants", default="default", help="comma list: default, no-cache, onednn-convs, checkpointing, adamw8bit; join with + (checkpointing+adamw8bit)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lora_trainer_bench"))
     parser.add_argument("--device", default=None)
+    parser.add_argument("--repeats", type=int, default=1, help="rounds of reference + variants, for the median ratio")
     args = parser.parse_args(argv)
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
     unknown = sorted({part for variant in args.variants.split(",") for part in variant.split("+")} - set(VARIANT_FLAGS))
     if unknown:
         parser.error(f"unknown variant {', '.join(unknown)}; choose from {', '.join(VARIANT_FLAGS)}")
@@ -68,34 +74,54 @@ def main(argv=None) -> int:
         ours_data, reference_data = build_data(workdir, resolution)
         config = {"model": model, "resolution": resolution, "batch_size": args.batch_size, "rank": args.rank,
                   "precision": args.precision, "steps": args.steps, "device": device_type}
-        reference = None
-        if reference_script:
-            reference = run_worker([
-                sys.executable, "-m", "bench.reference", reference_script, str(args.warmup), device_type,
-                "--pretrained_model_name_or_path", str(model_dir), "--train_data_dir", str(reference_data),
-                "--resolution", str(resolution), "--center_crop", "--train_batch_size", str(args.batch_size),
-                "--max_train_steps", str(args.steps), "--learning_rate", "1e-4", "--lr_scheduler", "constant",
-                "--lr_warmup_steps", "0", "--rank", str(args.rank), "--seed", "0", "--dataloader_num_workers", "0",
-                "--mixed_precision", {"fp32": "no"}.get(args.precision, args.precision),
-                "--output_dir", str(workdir / "reference_output"), "--checkpointing_steps", "1000000",
-                "--report_to", "tensorboard",
-            ], env)
-            print(json.dumps({**config, "variant": "reference", **reference}), flush=True)
-        for variant in args.variants.split(","):
-            command = [
-                sys.executable, "-m", "bench.ours", "--model-dir", str(model_dir), "--data", str(ours_data),
-                "--steps", str(args.steps), "--warmup", str(args.warmup), "--resolution", str(resolution),
-                "--batch-size", str(args.batch_size), "--rank", str(args.rank), "--precision", args.precision,
-            ]
-            command += [flag for part in variant.split("+") for flag in VARIANT_FLAGS[part]]
-            command += ["--device", args.device] if args.device else []
-            ours = run_worker(command, env)
-            line = {**config, "variant": variant, **ours}
-            if reference and "error" not in reference and "error" not in ours:
-                line["ratio_seconds_per_step"] = round(ours["seconds_per_step"] / reference["seconds_per_step"], 3)
-                line["ratio_peak_memory"] = round(ours["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
-            print(json.dumps(line), flush=True)
+        ratios: dict[str, list[tuple[float, float]]] = {}
+        for repeat in range(args.repeats):
+            tag = {"repeat": repeat + 1} if args.repeats > 1 else {}
+            reference = None
+            if reference_script:
+                reference = run_reference(reference_script, args, model_dir, reference_data, resolution, device_type, workdir, env)
+                print(json.dumps({**config, "variant": "reference", **tag, **reference}), flush=True)
+            for variant in args.variants.split(","):
+                ours = run_ours(variant, args, model_dir, ours_data, resolution, env)
+                line = {**config, "variant": variant, **tag, **ours}
+                if reference and "error" not in reference and "error" not in ours:
+                    line["ratio_seconds_per_step"] = round(ours["seconds_per_step"] / reference["seconds_per_step"], 3)
+                    line["ratio_peak_memory"] = round(ours["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
+                    ratios.setdefault(variant, []).append((line["ratio_seconds_per_step"], line["ratio_peak_memory"]))
+                print(json.dumps(line), flush=True)
+        if args.repeats > 1:
+            for variant, pairs in ratios.items():
+                summary = {**config, "variant": variant, "summary_of_repeats": len(pairs)}
+                for index, name in enumerate(("ratio_seconds_per_step", "ratio_peak_memory")):
+                    values = [pair[index] for pair in pairs]
+                    summary[f"{name}_median"] = round(statistics.median(values), 3)
+                    summary[f"{name}_range"] = [min(values), max(values)]
+                print(json.dumps(summary), flush=True)
     return 0
+
+
+def run_reference(script, args, model_dir, data, resolution, device_type, workdir, env) -> dict:
+    return run_worker([
+        sys.executable, "-m", "bench.reference", script, str(args.warmup), device_type,
+        "--pretrained_model_name_or_path", str(model_dir), "--train_data_dir", str(data),
+        "--resolution", str(resolution), "--center_crop", "--train_batch_size", str(args.batch_size),
+        "--max_train_steps", str(args.steps), "--learning_rate", "1e-4", "--lr_scheduler", "constant",
+        "--lr_warmup_steps", "0", "--rank", str(args.rank), "--seed", "0", "--dataloader_num_workers", "0",
+        "--mixed_precision", {"fp32": "no"}.get(args.precision, args.precision),
+        "--output_dir", str(workdir / "reference_output"), "--checkpointing_steps", "1000000",
+        "--report_to", "tensorboard",
+    ], env)
+
+
+def run_ours(variant, args, model_dir, data, resolution, env) -> dict:
+    command = [
+        sys.executable, "-m", "bench.ours", "--model-dir", str(model_dir), "--data", str(data),
+        "--steps", str(args.steps), "--warmup", str(args.warmup), "--resolution", str(resolution),
+        "--batch-size", str(args.batch_size), "--rank", str(args.rank), "--precision", args.precision,
+    ]
+    command += [flag for part in variant.split("+") for flag in VARIANT_FLAGS[part]]
+    command += ["--device", args.device] if args.device else []
+    return run_worker(command, env)
 
 
 def _cuda_available() -> bool:

@@ -31,3 +31,40 @@ def test_bench_refuses_an_unknown_variant(tmp_path):
     )
     assert process.returncode == 2 and "unknown variant onednn-conv" in process.stderr
     assert not any(tmp_path.iterdir())  # refused before building anything
+
+
+STAND_IN_REFERENCE = '''
+import argparse, time, torch
+parser = argparse.ArgumentParser()
+parser.add_argument("--max_train_steps", type=int)
+args, _ = parser.parse_known_args()
+weight = torch.nn.Parameter(torch.zeros(4))
+optimizer = torch.optim.SGD([weight], lr=0.1)
+for _ in range(args.max_train_steps):
+    time.sleep(0.05)
+    weight.sum().backward()
+    optimizer.step()
+'''
+
+
+def test_bench_repeats_pair_each_round_with_its_own_reference_run(tmp_path):
+    """A stand-in for the diffusers script (never committed) steps an optimizer every 50 ms."""
+    script = tmp_path / "stand_in.py"
+    script.write_text(STAND_IN_REFERENCE)
+    env = {**os.environ, "REFERENCE_SCRIPT": str(script)}
+    process = subprocess.run(
+        [sys.executable, "-m", "bench", "--model", "tiny", "--steps", "3", "--warmup", "1", "--workdir", str(tmp_path / "work"),
+         "--repeats", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert process.returncode == 0, process.stderr
+    lines = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    assert [(line["variant"], line.get("repeat")) for line in lines] == [
+        ("reference", 1), ("default", 1), ("reference", 2), ("default", 2), ("default", None),
+    ]
+    reference, ours, summary = lines[0], lines[1], lines[-1]
+    assert 0.04 < reference["seconds_per_step"] < 0.5
+    assert ours["ratio_seconds_per_step"] == round(ours["seconds_per_step"] / reference["seconds_per_step"], 3)
+    per_round = sorted(line["ratio_seconds_per_step"] for line in (lines[1], lines[3]))
+    assert summary["summary_of_repeats"] == 2 and summary["ratio_seconds_per_step_range"] == per_round
+    assert summary["ratio_seconds_per_step_median"] == round(sum(per_round) / 2, 3)
