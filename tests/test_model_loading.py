@@ -1,4 +1,8 @@
+import functools
 import pickle
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +10,9 @@ from safetensors.torch import save_file
 
 from core import tiny
 from core.errors import ModelLoadError
-from core.model_loading import load_base_model
+from core.model_loading import CLIP_PREFIX, UNET_PREFIX, VAE_PREFIX, load_base_model
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def _outputs(model):
@@ -117,6 +123,50 @@ def test_plain_ckpt_loads_with_weights_only(tmp_path, tiny_assets):
     torch.save({"state_dict": load_file(str(tiny_assets["ldm"]))}, path)
     model = load_base_model(path, tiny_assets["tokenizer"])
     assert model.unet.config.block_out_channels == [32, 64]
+
+
+@pytest.mark.parametrize("zip_format", [True, False])
+def test_ckpt_reads_each_component_in_its_dtype_and_skips_ema(tmp_path, tiny_assets, zip_format):
+    from safetensors.torch import load_file
+
+    from core.model_loading import _ldm_dtype, read_state_dict
+
+    stored = load_file(str(tiny_assets["ldm"]))
+    ema = {"model_ema." + key.split(".", 2)[-1].replace(".", ""): value for key, value in stored.items() if key.startswith(UNET_PREFIX)}
+    path = tmp_path / "model.ckpt"
+    torch.save({"state_dict": {**stored, **ema}}, path, _use_new_zipfile_serialization=zip_format)
+    state = read_state_dict(path, functools.partial(_ldm_dtype, dtype=torch.bfloat16))
+    assert set(state) == set(stored)
+    for key, value in state.items():
+        expected = torch.float32 if key.startswith(VAE_PREFIX) else torch.bfloat16
+        assert value.dtype == expected and torch.equal(value, stored[key].to(expected)), key
+    model = load_base_model(path, tiny_assets["tokenizer"], dtype=torch.bfloat16)
+    assert model.unet.dtype == torch.bfloat16 and model.vae.dtype == torch.float32
+
+
+PEAK_RSS_WHILE_READING = """
+import sys, torch
+from core.model_loading import read_state_dict
+def peak():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1]) * 1024
+before = peak()
+state = read_state_dict(__import__("pathlib").Path(sys.argv[1]), lambda key: None if key.startswith("model_ema.") else torch.float32)
+print(peak() - before, sorted(state))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM from /proc")
+def test_ckpt_tensors_that_are_skipped_are_never_read(tmp_path):
+    path = tmp_path / "with_ema.ckpt"
+    kept = {f"{prefix}weight": torch.ones(8) for prefix in (UNET_PREFIX, VAE_PREFIX, CLIP_PREFIX)}
+    torch.save({**kept, **{f"model_ema.w{i}": torch.ones(8 << 20) for i in range(8)}}, path)  # 256 MiB of EMA
+    process = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_WHILE_READING, str(path)], cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert process.returncode == 0, process.stderr
+    growth, keys = process.stdout.split(maxsplit=1)
+    assert keys.strip() == str(sorted(kept))
+    assert int(growth) < 64 << 20, f"reading grew the peak by {int(growth) >> 20} MiB for 32 bytes kept"
 
 
 def test_tokenizer_folder_missing_files(tmp_path, tiny_assets):
