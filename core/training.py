@@ -170,8 +170,8 @@ class TrainResult:
     lr_history: list[float]
     seconds_per_step: float | None
     seconds_to_first_step: float | None
-    eval_loss_before: float
-    eval_loss_after: float | None  # None when the run was cancelled
+    eval_loss_before: float | None  # the base model's; both None when the run was cancelled
+    eval_loss_after: float | None
     interrupted: bool = False
     resumed_from_step: int = 0
     checkpoint_dir: str | None = None
@@ -510,6 +510,16 @@ class Trainer:
         weights = min_snr_weights(scheduler, timesteps, settings.min_snr_gamma, self.prediction_type) if settings.min_snr_gamma else None
         return denoising_loss(prediction, target, settings.loss, weights, settings.huber_c)
 
+    @contextmanager
+    def _adapters_disabled(self):
+        for model in (self.unet, self.text_encoder):
+            lora_lib.set_adapters_enabled(model, False)
+        try:
+            yield
+        finally:
+            for model in (self.unet, self.text_encoder):
+                lora_lib.set_adapters_enabled(model, True)
+
     @torch.no_grad()
     def evaluate(self, unet, text_encoder) -> float:
         """Denoising loss at fixed noises and timesteps on the first images: comparable across runs."""
@@ -819,12 +829,6 @@ class Trainer:
             elif self.init_lora is not None:
                 start_step = self._load_init_lora(self.init_lora)
             self._fast_forward_schedule(start_step)
-            lora_lib.set_adapters_enabled(self.unet, False)
-            lora_lib.set_adapters_enabled(self.text_encoder, False)
-            with self._timed("eval"):
-                eval_before = self.evaluate(self.unet, self.text_encoder)
-            lora_lib.set_adapters_enabled(self.unet, True)
-            lora_lib.set_adapters_enabled(self.text_encoder, True)
             interrupted, step, first_step_at = False, start_step, None
             step_times: list[float] = []
             bad_in_row = 0
@@ -863,9 +867,14 @@ class Trainer:
             self.text_encoder.eval()
             if self.checkpoint_dir is not None and (interrupted or step == settings.steps) and step > start_step:
                 self.save_checkpoint(step)
-            eval_after = None  # a cancelled run ends at once; its checkpoint is what matters
+            # A cancelled run ends at once; its checkpoint is what matters. The base model's loss is measured
+            # here rather than before the first step (the frozen base gives the same number either way), so
+            # training starts sooner: 8 forward passes are 5-9 s of a full-size model on a CPU.
+            eval_before = eval_after = None
             if not interrupted:
                 with self._timed("eval"):
+                    with self._adapters_disabled():
+                        eval_before = self.evaluate(self.unet, self.text_encoder)
                     eval_after = self.evaluate(self.unet, self.text_encoder)
             lora = self._export(step)
         finally:

@@ -103,6 +103,24 @@ def test_same_seed_same_lora_and_seed_matters(base_model, dataset):
     assert any(not torch.equal(first[k], other[k]) for k in first if "lora_up" in k)
 
 
+def test_eval_runs_after_training_and_measures_the_base_model(base_model, dataset, monkeypatch):
+    """The base model's eval loss is taken at the end, so the first step starts sooner; it is the same number."""
+    from core.training import Trainer
+
+    order = []
+    original = Trainer.evaluate
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, *args: order.append("eval") or original(self, *args))
+    record = lambda event: order.append("train") if event.phase == "train" else None  # noqa: E731
+    short = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 2}), progress=record)
+    assert order == ["train", "train", "eval", "eval"]
+    longer = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**{**FAST, "steps": 5, "learning_rate": 1e-2}))
+    assert short.eval_loss_before == longer.eval_loss_before, "measured on the base, whatever was trained"
+    assert longer.eval_loss_after < longer.eval_loss_before and short.eval_loss_after != longer.eval_loss_after
+    stop = StopAtStep(1)
+    cancelled = train(base_model, dataset, LoRASettings(rank=2), TrainSettings(**FAST), progress=stop, should_stop=stop.should_stop)
+    assert cancelled.interrupted and cancelled.eval_loss_before is None and cancelled.eval_loss_after is None
+
+
 @pytest.mark.parametrize("grad_accum", [1, 2])
 def test_interrupted_and_resumed_run_equals_uninterrupted(base_model, dataset, tmp_path, grad_accum):
     settings = TrainSettings(**{**FAST, "steps": 7, "grad_accum": grad_accum, "lr_scheduler": "cosine", "warmup_steps": 2})
