@@ -50,8 +50,7 @@ class MatmulConv2d(torch.nn.Conv2d):
         output = weight.reshape(weight.shape[0], -1) @ columns
         if bias is not None:
             output = output + bias[:, None]
-        output = output.view(weight.shape[0], batch, height, width)
-        return output.transpose(0, 1).contiguous() if batch > 1 else output.view(1, weight.shape[0], height, width)
+        return output.view(weight.shape[0], batch, height, width).transpose(0, 1).contiguous()  # no copy at batch 1
 
     def _output_size(self, input: torch.Tensor) -> tuple[int, int]:
         return tuple(
