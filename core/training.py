@@ -312,13 +312,21 @@ class Trainer:
         with self._autocast():
             return text_encoder(ids)[0]
 
+    def _vae_autocast(self):
+        # bf16 keeps fp32's range, so the SD VAE cannot overflow in it and encodes about twice as fast (as in
+        # the diffusers script and kohya's default); fp16 can overflow in the SD VAE, so it encodes in fp32.
+        if self.dtype == torch.bfloat16:
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
     def _encode_images(self, pixels: torch.Tensor, seed: int) -> torch.Tensor:
         vae = self.base.vae
         pixels = pixels.to(self.device, next(vae.parameters()).dtype)
-        distribution = vae.encode(pixels).latent_dist
-        noise = torch.randn(distribution.mean.shape, generator=generator(self.settings.seed, seed, 31)).to(self.device, distribution.mean.dtype)
-        latents = distribution.mean + distribution.std * noise
-        return (latents * vae.config.scaling_factor).float()
+        with self._vae_autocast():
+            distribution = vae.encode(pixels).latent_dist
+        mean, std = distribution.mean.float(), distribution.std.float()
+        noise = torch.randn(mean.shape, generator=generator(self.settings.seed, seed, 31)).to(self.device)
+        return (mean + std * noise) * vae.config.scaling_factor
 
     def _prepared_pixels(self, entry_index: int) -> torch.Tensor:
         image = self.dataset.entries[entry_index].open_image()
