@@ -315,9 +315,7 @@ class Trainer:
     def _vae_autocast(self):
         # bf16 keeps fp32's range, so the SD VAE cannot overflow in it and encodes about twice as fast (as in
         # the diffusers script and kohya's default); fp16 can overflow in the SD VAE, so it encodes in fp32.
-        if self.dtype == torch.bfloat16:
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
-        return nullcontext()
+        return self._autocast() if self.dtype == torch.bfloat16 else nullcontext()
 
     def _encode_images(self, pixels: torch.Tensor, seed: int) -> torch.Tensor:
         vae = self.base.vae
