@@ -88,5 +88,21 @@ def keep_freed_memory_for_reuse() -> bool:
     return bool(applied)
 
 
+def seed_device_generator(device: torch.device, seed: int) -> None:
+    """Seed the default generators that random ops on ``device`` (and the CPU) draw from.
+
+    ``torch.manual_seed`` also queues a lazy seeding for every backend not yet
+    started (CUDA, XPU, MTIA on a CPU run), each capturing a formatted stack
+    trace: 110 us a call against 2 us here, paid on every training step.
+    """
+    torch.default_generator.manual_seed(seed)
+    if device.type in ("cuda", "xpu"):
+        backend = getattr(torch, device.type)
+        with backend.device(device):
+            backend.manual_seed(seed)
+    elif device.type == "mps":
+        torch.mps.manual_seed(seed)
+
+
 def torch_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]

@@ -29,7 +29,7 @@ from . import lora as lora_lib
 from .augment import CaptionAugmentation
 from .cpu_kernels import matmul_convolutions
 from .dataset import ImageCaptionDataset, image_size
-from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, torch_dtype
+from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype
 from .errors import SettingsError, TrainerError
 from .locking import FolderLock
 from .losses import (
@@ -932,7 +932,7 @@ class Trainer:
         total = 0.0
         for micro in range(settings.grad_accum):
             rng = generator(settings.seed, step, micro)
-            torch.manual_seed(mix_seed(settings.seed, step, micro, 3))  # LoRA dropout draws from the global stream
+            seed_device_generator(self.device, mix_seed(settings.seed, step, micro, 3))  # LoRA dropout draws from the global stream
             indices = self._batch_indices(step, micro)
             with self._timed("data"):
                 latents = self._batch_latents(indices, rng)

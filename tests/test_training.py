@@ -239,6 +239,18 @@ def test_auto_precision_on_cpu_follows_bf16_support(monkeypatch):
     cpu_has_native_bf16.cache_clear()
 
 
+def test_seeding_the_training_device_seeds_the_stream_dropout_draws_from():
+    """The per-step seed of LoRA dropout reaches the CPU's default generator without torch.manual_seed's lazy seeding of other backends."""
+    from core.devices import seed_device_generator
+
+    seed_device_generator(torch.device("cpu"), 1234)
+    first = torch.nn.functional.dropout(torch.ones(64), 0.5)
+    seed_device_generator(torch.device("cpu"), 1234)
+    assert torch.equal(torch.nn.functional.dropout(torch.ones(64), 0.5), first)
+    seed_device_generator(torch.device("cpu"), 1235)
+    assert not torch.equal(torch.nn.functional.dropout(torch.ones(64), 0.5), first)
+
+
 def test_resume_with_buckets_switched_on_is_refused(base_model, dataset, tmp_path):
     from core.errors import TrainerError
 
