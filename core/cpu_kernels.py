@@ -59,13 +59,22 @@ class MatmulConv2d(torch.nn.Conv2d):
         )
 
     def _use_matmul(self, input: torch.Tensor, weight: torch.Tensor) -> bool:
+        # Decided once per input shape and dtype: on small models this check cost 3-4 % of a step.
+        device = input.device.type
+        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+        key = (input.shape, device, dtype, weight.requires_grad)
+        choices = self.__dict__.setdefault("_matmul_choices", {})
+        choice = choices.get(key)
+        if choice is None:
+            choice = choices[key] = self._matmul_is_faster(input, weight, dtype)
+        return choice
+
+    def _matmul_is_faster(self, input: torch.Tensor, weight: torch.Tensor, dtype: torch.dtype) -> bool:
         if (
             weight.requires_grad or self.groups != 1 or self.padding_mode != "zeros" or isinstance(self.padding, str)
             or input.device.type != "cpu" or input.dim() != 4
         ):
             return False
-        autocast = torch.is_autocast_enabled(input.device.type)
-        dtype = torch.get_autocast_dtype(input.device.type) if autocast else weight.dtype
         threshold = MATMUL_THRESHOLDS.get((dtype, self._pointwise()))
         height, width = self._output_size(input)
         return threshold is not None and weight.numel() >= threshold * input.shape[0] * height * width
@@ -74,10 +83,16 @@ class MatmulConv2d(torch.nn.Conv2d):
         return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
 
+def _large_enough_for_matmul(module: torch.nn.Conv2d) -> bool:
+    """Whether the weights pass a threshold for even a one-position output; smaller layers stay plain ``Conv2d``."""
+    pointwise = MatmulConv2d._pointwise(module)
+    return module.weight.numel() >= min(threshold for (_, is_pointwise), threshold in MATMUL_THRESHOLDS.items() if is_pointwise == pointwise)
+
+
 @contextmanager
 def matmul_convolutions(model: torch.nn.Module) -> Iterator[int]:
     """Within the block, the model's plain ``Conv2d`` layers choose unfold + matmul where it is faster; yields how many."""
-    swapped = [module for module in model.modules() if type(module) is torch.nn.Conv2d]
+    swapped = [module for module in model.modules() if type(module) is torch.nn.Conv2d and _large_enough_for_matmul(module)]
     for module in swapped:
         module.__class__ = MatmulConv2d
     try:
@@ -85,3 +100,4 @@ def matmul_convolutions(model: torch.nn.Module) -> Iterator[int]:
     finally:
         for module in swapped:
             module.__class__ = torch.nn.Conv2d
+            module.__dict__.pop("_matmul_choices", None)

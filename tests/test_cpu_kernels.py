@@ -77,7 +77,8 @@ def test_only_frozen_convolutions_with_weights_larger_than_their_grid_use_the_ma
     assert not grouped._use_matmul(torch.empty(1, 1280, 4, 4), grouped.weight)
 
 
-def test_matmul_convolutions_are_undone_after_the_block_even_on_error():
+def test_matmul_convolutions_are_undone_after_the_block_even_on_error(monkeypatch):
+    _force_matmul(monkeypatch)
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 3, 3), torch.nn.Sequential(torch.nn.Conv2d(3, 3, 1)), torch.nn.Linear(3, 3))
     with pytest.raises(RuntimeError, match="boom"):
         with matmul_convolutions(model) as swapped:
@@ -85,6 +86,17 @@ def test_matmul_convolutions_are_undone_after_the_block_even_on_error():
             assert [type(m) for m in model.modules() if isinstance(m, torch.nn.Conv2d)] == [MatmulConv2d, MatmulConv2d]
             raise RuntimeError("boom")
     assert all(type(m) is torch.nn.Conv2d for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_only_convolutions_that_could_ever_qualify_are_swapped():
+    """A layer whose weights stay under every threshold even for a one-position output keeps plain Conv2d's call."""
+    small_3x3 = torch.nn.Conv2d(64, 64, 3)  # 36.9k weights, under the lowest 3x3 threshold
+    small_1x1 = torch.nn.Conv2d(16, 16, 1)  # 256 weights, under the lowest 1x1 threshold
+    large_3x3, large_1x1 = torch.nn.Conv2d(128, 128, 3), torch.nn.Conv2d(64, 64, 1)
+    model = torch.nn.Sequential(small_3x3, small_1x1, large_3x3, large_1x1)
+    with matmul_convolutions(model) as swapped:
+        assert swapped == 2
+        assert [type(m) for m in model] == [torch.nn.Conv2d, torch.nn.Conv2d, MatmulConv2d, MatmulConv2d]
 
 
 def test_training_with_matmul_convolutions_gives_the_same_lora(base_model, dataset, monkeypatch):
