@@ -33,7 +33,7 @@ def main() -> None:
     import torch
 
     from core.dataset import load_folder_dataset
-    from core.devices import default_device, torch_dtype
+    from core.devices import torch_dtype, usable_device
     from core.lora import LoRASettings
     from core.model_loading import load_base_model
     from core.training import Trainer, TrainSettings
@@ -44,7 +44,7 @@ def main() -> None:
         if event.phase == "train":
             step_ends.append(time.perf_counter())
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = usable_device(args.device)
     dtype = torch_dtype(args.precision) if device.type == "cpu" else torch.float32
     base = load_base_model(args.model_dir, dtype=dtype)
     dataset = load_folder_dataset(args.data)

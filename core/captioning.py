@@ -108,12 +108,12 @@ class BlipCaptioner:
         import torch
         from transformers import BlipForConditionalGeneration, BlipProcessor
 
-        from .devices import default_device
+        from .devices import usable_device
 
         if model is None or not str(model).strip():
             raise DatasetError("BLIP captioning needs a model: a folder (e.g. ComfyUI/models/blip/<name>) or a hub id such as Salesforce/blip-image-captioning-base.")
         folder = resolve_model_folder(str(model), search_dirs)
-        device = torch.device(device) if device is not None else default_device()
+        device = usable_device(device)
         dtype = torch.float16 if device.type == "cuda" else torch.float32
         source = str(folder) if folder is not None else str(model)
         try:

@@ -260,9 +260,9 @@ def _load_dtype(args):
     """Load the base directly in the training precision on the CPU (no second copy); fp32 otherwise."""
     import torch
 
-    from .devices import default_device, resolve_precision, torch_dtype
+    from .devices import resolve_precision, torch_dtype, usable_device
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = usable_device(args.device)
     return torch_dtype(resolve_precision(args.precision, device)) if device.type == "cpu" else torch.float32
 
 

@@ -29,6 +29,33 @@ def default_device() -> torch.device:
     return torch.device("cpu")
 
 
+def usable_device(spec: str | torch.device | None) -> torch.device:
+    """``spec`` as a torch device, checked to exist here; the best available device when None."""
+    if spec is None:
+        return default_device()
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError):
+        raise SettingsError(f"Unknown device {str(spec)!r}; use cpu, cuda, cuda:N, xpu or mps.") from None
+    if device.type == "cpu":
+        return device
+    if device.type in ("cuda", "xpu"):
+        backend = getattr(torch, device.type, None)
+        count = backend.device_count() if backend is not None and backend.is_available() else 0
+    elif device.type == "mps":
+        count = 1 if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else 0
+    else:
+        return device  # e.g. DirectML's privateuseone, which ComfyUI can hand us: its own backend checks it
+    if count == 0:
+        raise SettingsError(
+            f"Device {device} is not available: this torch ({torch.__version__}) finds no {device.type} device; "
+            f"use {default_device().type} instead."
+        )
+    if device.index is not None and device.index >= count:
+        raise SettingsError(f"Device {device} does not exist: {count} {device.type} device(s) found, {device.type}:0 to {device.type}:{count - 1}.")
+    return device
+
+
 def resolve_precision(precision: str, device: torch.device) -> str:
     """Map ``auto`` to a concrete precision for this device.
 

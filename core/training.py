@@ -29,7 +29,7 @@ from . import lora as lora_lib
 from .augment import CaptionAugmentation
 from .cpu_kernels import matmul_convolutions
 from .dataset import ImageCaptionDataset, image_size
-from .devices import default_device, keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype
+from .devices import keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
 from .errors import SettingsError, TrainerError
 from .locking import FolderLock
 from .losses import (
@@ -239,7 +239,7 @@ class Trainer:
         if len(dataset) == 0:
             raise SettingsError("The dataset is empty.")
         self.base, self.dataset, self.lora_settings, self.settings = base, dataset, lora_settings, settings
-        self.device = torch.device(device) if device is not None else default_device()
+        self.device = usable_device(device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.dtype = torch_dtype(self.precision)
         self.progress = optional(progress)

@@ -89,6 +89,8 @@ CASES = [
     ("output not safetensors", lambda c: {"--output": str(c.out / "x.ckpt")}, "must end in .safetensors"),
     ("output is a folder", lambda c: {"--output": str(c.out)}, "must end in .safetensors|is a folder"),
     ("resume from another run", _other_run_checkpoints, "different run"),
+    ("device misspelled", lambda c: {"--device": "cdua"}, "Unknown device 'cdua'"),
+    ("device not on this machine", lambda c: {"--device": "cuda:7"}, "not available|does not exist"),
 ]
 
 

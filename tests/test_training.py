@@ -239,6 +239,21 @@ def test_auto_precision_on_cpu_follows_bf16_support(monkeypatch):
     cpu_has_native_bf16.cache_clear()
 
 
+def test_a_device_is_checked_before_anything_runs_on_it(monkeypatch):
+    from core.devices import usable_device
+    from core.errors import SettingsError
+
+    assert usable_device("cpu") == torch.device("cpu") and usable_device(None).type in ("cpu", "cuda", "xpu", "mps")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SettingsError, match="finds no cuda device"):
+        usable_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert usable_device("cuda:1") == torch.device("cuda:1")
+    with pytest.raises(SettingsError, match=r"2 cuda device\(s\) found, cuda:0 to cuda:1"):
+        usable_device("cuda:2")
+
+
 def test_seeding_the_training_device_seeds_the_stream_dropout_draws_from():
     """The per-step seed of LoRA dropout reaches the CPU's default generator without torch.manual_seed's lazy seeding of other backends."""
     from core.devices import seed_device_generator
