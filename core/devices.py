@@ -129,6 +129,8 @@ def seed_device_generator(device: torch.device, seed: int) -> None:
             backend.manual_seed(seed)
     elif device.type == "mps":
         torch.mps.manual_seed(seed)
+    elif device.type != "cpu":
+        torch.manual_seed(seed)  # another backend (e.g. DirectML's privateuseone): torch knows how to seed it
 
 
 def torch_dtype(precision: str) -> torch.dtype:
