@@ -36,7 +36,7 @@ def main() -> None:
     from core.devices import torch_dtype, usable_device
     from core.lora import LoRASettings
     from core.model_loading import load_base_model
-    from core.training import Trainer, TrainSettings
+    from core.training import STEP_PHASES, Trainer, TrainSettings
 
     step_ends: list[float] = []
 
@@ -67,8 +67,8 @@ def main() -> None:
         "images_per_second": args.batch_size / per_step if per_step else None,
         "seconds_to_first_step": step_ends[0] - PROCESS_START if step_ends else None,
         "peak_memory_bytes": peak_memory_bytes(trainer.device.type),
-        "phase_seconds_per_step": {k: round(v / args.steps, 4) for k, v in result.phase_seconds.items() if k in ("data", "forward", "backward", "optimizer")},
-        "phase_seconds_once": {k: round(v, 3) for k, v in result.phase_seconds.items() if k not in ("data", "forward", "backward", "optimizer")},
+        "phase_seconds_per_step": {k: round(result.phase_seconds.get(k, 0.0) / args.steps, 4) for k in STEP_PHASES},
+        "phase_seconds_once": {k: round(v, 3) for k, v in result.phase_seconds.items() if k not in STEP_PHASES},
         "precision": trainer.precision,
     }))
 

@@ -48,7 +48,7 @@ def main() -> None:
     from core import tiny
     from core.dataset import load_folder_dataset
     from core.lora import LoRASettings
-    from core.training import TrainSettings, train
+    from core.training import STEP_PHASES, TrainSettings, train
 
     workdir = Path(args.workdir)
     tokenizer_dir = write_clip_sized_tokenizer(workdir / "tokenizer")
@@ -74,7 +74,7 @@ def main() -> None:
         result = train(base, dataset, lora_settings, settings, device="cpu", checkpoint_dir=workdir / f"ck_{name}")
         wall = time.perf_counter() - started
         phases = {k: round(v, 1) for k, v in result.phase_seconds.items()}
-        train_seconds = sum(v for k, v in result.phase_seconds.items() if k in ("data", "forward", "backward", "optimizer"))
+        train_seconds = sum(v for k, v in result.phase_seconds.items() if k in STEP_PHASES)
         print(json.dumps({
             "run": name, "steps": result.steps, "seconds_per_step_median": round(result.seconds_per_step, 2),
             "seconds_per_step_with_previews": round((train_seconds + result.phase_seconds.get("sample", 0.0)) / result.steps, 2),

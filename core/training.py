@@ -44,6 +44,9 @@ CROP_MODES = ("center", "random")
 EVAL_IMAGES = 4
 EVAL_DRAWS = 2
 EVAL_SEED = 20240611
+# The phases of a training step, each timed on its own; vae and text_encoder take time only when that model runs
+# every step (latents or text not cached, or the text encoder trained).
+STEP_PHASES = ("data", "vae", "text_encoder", "forward", "backward", "optimizer")
 MAX_TEXT_VARIANTS = 256  # augmented-caption embeddings kept for reuse (SD1.x: 236 KB each in fp32)
 
 
@@ -263,19 +266,25 @@ class Trainer:
         self.pool = [index for index, entry in enumerate(dataset.entries) for _ in range(entry.repeats)]
         self._permutations: dict[int, torch.Tensor] = {}
         self.phase_seconds: dict[str, float] = {}
+        self._nested_seconds: list[float] = []
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     # ------------------------------------------------------------------ setup
 
     @contextmanager
     def _timed(self, phase: str):
+        """Adds the block's time to ``phase``, less the time of phases timed inside it (each second counts once)."""
         start = time.perf_counter()
+        self._nested_seconds.append(0.0)
         try:
             yield
         finally:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + time.perf_counter() - start
+            elapsed = time.perf_counter() - start
+            self.phase_seconds[phase] = self.phase_seconds.get(phase, 0.0) + elapsed - self._nested_seconds.pop()
+            if self._nested_seconds:
+                self._nested_seconds[-1] += elapsed
 
     def _autocast(self):
         if self.dtype == torch.float32:
@@ -439,7 +448,8 @@ class Trainer:
             else:
                 with torch.no_grad():
                     pixels = self._prepared_pixels(index)[None]
-                    latent = self._encode_images(pixels.flip(-1) if use_flip else pixels, index * 2 + int(use_flip))[0]
+                    with self._timed("vae"):
+                        latent = self._encode_images(pixels.flip(-1) if use_flip else pixels, index * 2 + int(use_flip))[0]
             # Random crop happens on the latent grid (8 px steps) so the cached latent stays valid.
             height, width = latent.shape[-2:]
             top = int(torch.randint(0, height - latent_height + 1, (1,), generator=rng))
@@ -456,7 +466,8 @@ class Trainer:
             rng = generator(self.settings.seed, draw[0], draw[1], 17)
             captions = [augmentation.apply(caption, rng) for caption in captions]
         if self.train_text_encoder or not self.settings.cache_text:
-            with torch.no_grad() if not self.train_text_encoder else nullcontext():
+            # A training draw's encoding is a phase of the step; the eval's stays in the eval's time.
+            with torch.no_grad() if not self.train_text_encoder else nullcontext(), self._timed("text_encoder") if draw is not None else nullcontext():
                 return self._encode_text(text_encoder, captions).float()
         missing = sorted({c for c in captions if c not in self.text_cache})
         if missing:

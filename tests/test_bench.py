@@ -20,8 +20,11 @@ def test_bench_smoke_on_tiny_model(tmp_path):
     for line in lines:
         assert "error" not in line, line
         assert line["seconds_per_step"] > 0 and line["peak_memory_bytes"] > 0
-        assert set(line["phase_seconds_per_step"]) == {"data", "forward", "backward", "optimizer"}
+        assert set(line["phase_seconds_per_step"]) == {"data", "vae", "text_encoder", "forward", "backward", "optimizer"}
     assert "vae_cache" in lines[0]["phase_seconds_once"] and "vae_cache" not in lines[1]["phase_seconds_once"]
+    cached, encoded_every_step = lines[0]["phase_seconds_per_step"], lines[1]["phase_seconds_per_step"]
+    assert cached["vae"] == cached["text_encoder"] == 0
+    assert encoded_every_step["vae"] > 0 and encoded_every_step["text_encoder"] > 0
 
 
 def test_bench_refuses_an_unknown_variant(tmp_path):

@@ -239,6 +239,23 @@ def test_auto_precision_on_cpu_follows_bf16_support(monkeypatch):
     cpu_has_native_bf16.cache_clear()
 
 
+def test_models_run_every_step_are_phases_of_their_own_and_counted_once(base_model, dataset, monkeypatch):
+    """Without caches the VAE and text encoder run inside the data phase; their time moves out of it, not copied."""
+    import time
+
+    from core.training import STEP_PHASES
+
+    original_images, original_text = Trainer._encode_images, Trainer._encode_text
+    monkeypatch.setattr(Trainer, "_encode_images", lambda self, *a: time.sleep(0.03) or original_images(self, *a))
+    monkeypatch.setattr(Trainer, "_encode_text", lambda self, *a: time.sleep(0.02) or original_text(self, *a))
+    settings = TrainSettings(**{**FAST, "steps": 3, "batch_size": 1}, cache_latents=False, cache_text=False)
+    phases = train(base_model, dataset, LoRASettings(rank=2), settings).phase_seconds
+    assert 3 * 0.03 <= phases["vae"] < 3 * 0.03 + 0.3 and 3 * 0.02 <= phases["text_encoder"] < 3 * 0.02 + 0.3
+    assert phases["data"] < 0.05, "the encoders' time is no longer inside the data phase"
+    assert phases["eval"] >= 2 * 4 * 0.05, "the eval's own encodes stay in the eval"
+    assert set(STEP_PHASES) <= set(phases)
+
+
 def test_a_device_is_checked_before_anything_runs_on_it(monkeypatch):
     from core.devices import usable_device
     from core.errors import SettingsError
