@@ -465,16 +465,17 @@ class Trainer:
             # A generator of its own, so turning augmentation on leaves flips, crops and noise as they were.
             rng = generator(self.settings.seed, draw[0], draw[1], 17)
             captions = [augmentation.apply(caption, rng) for caption in captions]
+        # A training draw's encoding is a phase of the step; the eval's stays in the eval's time.
+        timed = self._timed("text_encoder") if draw is not None else nullcontext()
         if self.train_text_encoder or not self.settings.cache_text:
-            # A training draw's encoding is a phase of the step; the eval's stays in the eval's time.
-            with torch.no_grad() if not self.train_text_encoder else nullcontext(), self._timed("text_encoder") if draw is not None else nullcontext():
+            with torch.no_grad() if not self.train_text_encoder else nullcontext(), timed:
                 return self._encode_text(text_encoder, captions).float()
         missing = sorted({c for c in captions if c not in self.text_cache})
         if missing:
             # An augmented variant: the frozen encoder maps a string to one embedding, so encoding it
             # now and keeping it is exact. The encoder stays on the accelerator for these.
             text_encoder.to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), timed:
                 for caption, embedding in zip(missing, self._encode_text(text_encoder, missing)):
                     self.text_cache[caption] = embedding.float()
                     self._text_variants.append(caption)
