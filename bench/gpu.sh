@@ -4,11 +4,19 @@
 # (8-bit AdamW needs bitsandbytes; without it that line reports the one-sentence error instead).
 # Prints one JSON line per configuration with images/s and peak allocated memory. With
 # REFERENCE_SCRIPT set, each group also runs diffusers' train_text_to_image_lora.py and prints ratios.
+# MODEL, RESOLUTION, DEVICE, STEPS and WARMUP override the defaults; the test suite runs this script
+# with MODEL=tiny DEVICE=cpu so that it keeps working on machines without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
+MODEL="${MODEL:-sd15}"
+RESOLUTION="${RESOLUTION:-512}"
+DEVICE="${DEVICE:-cuda}"
 STEPS="${STEPS:-12}"
-run() { "$PYTHON" -m bench --model sd15 --resolution 512 --rank 16 --steps "$STEPS" --warmup 3 --device cuda "$@"; }
+WARMUP="${WARMUP:-3}"
+run() {
+  "$PYTHON" -m bench --model "$MODEL" --resolution "$RESOLUTION" --rank 16 --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" "$@"
+}
 run --precision bf16 --batch-size 1 --variants default,checkpointing,checkpointing+adamw8bit
 run --precision bf16 --batch-size 4 --variants default,checkpointing
 run --precision fp16 --batch-size 1 --variants default,checkpointing
