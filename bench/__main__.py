@@ -25,7 +25,7 @@ from bench.assets import MODELS, build_data, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT_FLAGS = {
-    "default": [], "no-cache": ["--no-cache"], "onednn-convs": ["--onednn-convs"],
+    "default": [], "no-cache": ["--no-cache"], "onednn-convs": ["--onednn-convs"], "mkl-linears": ["--mkl-linears"],
     "checkpointing": ["--gradient-checkpointing"], "adamw8bit": ["--optimizer", "adamw8bit"],
 }
 
@@ -39,7 +39,7 @@ def parse_args(argv=None):
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--warmup", type=int, default=2, help="steps left out of the steady-state median")
-    parser.add_argument("--variants", default="default", help="comma list: default, no-cache, onednn-convs, checkpointing, adamw8bit; join with + (checkpointing+adamw8bit)")
+    parser.add_argument("--variants", default="default", help="comma list: default, no-cache, onednn-convs, mkl-linears, checkpointing, adamw8bit; join with + (checkpointing+adamw8bit)")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lora_trainer_bench"))
     parser.add_argument("--device", default=None)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of reference + variants, for the median ratio")

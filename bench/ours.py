@@ -24,6 +24,7 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adamw")
     parser.add_argument("--device", default=None)
     parser.add_argument("--onednn-convs", action="store_true", help="keep every convolution on oneDNN (measures core.cpu_kernels)")
+    parser.add_argument("--mkl-linears", action="store_true", help="keep fp32 linears on MKL (measures core.cpu_kernels)")
     args = parser.parse_args()
 
     from core.cli import _quiet_libraries
@@ -56,7 +57,7 @@ def main() -> None:
     trainer = Trainer(
         base, dataset, LoRASettings(rank=args.rank, targets=args.targets), settings,
         device=device, progress=record, release_frozen_models=True,
-        cpu_matmul_convolutions=not args.onednn_convs,
+        cpu_matmul_convolutions=not args.onednn_convs, cpu_onednn_linears=not args.mkl_linears,
     )
     result = trainer.run()
     step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]

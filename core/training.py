@@ -27,7 +27,7 @@ from . import buckets as buckets_lib
 from . import checkpoints
 from . import lora as lora_lib
 from .augment import CaptionAugmentation
-from .cpu_kernels import matmul_convolutions
+from .cpu_kernels import matmul_convolutions, onednn_linears
 from .dataset import ImageCaptionDataset, image_size
 from .devices import keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
 from .errors import SettingsError, TrainerError
@@ -233,10 +233,12 @@ class Trainer:
         init_lora: str | os.PathLike | None = None,
         release_frozen_models: bool = False,
         cpu_matmul_convolutions: bool = True,
+        cpu_onednn_linears: bool = True,
     ):
         """``release_frozen_models`` frees the VAE, text encoder and base UNet weights once they are no
         longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI.
-        ``cpu_matmul_convolutions`` lets frozen convolutions use ``core.cpu_kernels`` on the CPU (off only to measure it)."""
+        ``cpu_matmul_convolutions`` and ``cpu_onednn_linears`` let frozen convolutions and linears use ``core.cpu_kernels``
+        on the CPU (off only to measure them)."""
         lora_settings.validate()
         settings.validate(dataset.num_samples)
         if len(dataset) == 0:
@@ -253,6 +255,7 @@ class Trainer:
             raise SettingsError("Saving every N steps needs a checkpoint folder.")
         self.release_frozen_models = release_frozen_models
         self.cpu_matmul_convolutions = cpu_matmul_convolutions
+        self.cpu_onednn_linears = cpu_onednn_linears
         self._kernels = ExitStack()
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()
@@ -739,6 +742,9 @@ class Trainer:
                     parameter.data = parameter.data.float()  # adapters train in fp32 under any autocast
         if self.device.type == "cpu" and self.cpu_matmul_convolutions:
             self._kernels.enter_context(matmul_convolutions(self.unet))
+        if self.device.type == "cpu" and self.cpu_onednn_linears:
+            for model in dict.fromkeys((self.unet, self.text_encoder)):
+                self._kernels.enter_context(onednn_linears(model))
         if self.settings.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             if self.train_text_encoder:

@@ -1,4 +1,4 @@
-"""Frozen convolutions as unfold + matmul (core.cpu_kernels): same numbers as oneDNN, only where it pays, undone after."""
+"""core.cpu_kernels: frozen convolutions as unfold + matmul and fp32 linears on oneDNN, same numbers, only where it pays, undone after."""
 import pytest
 import torch
 
@@ -33,6 +33,7 @@ def _pair(config):
 @pytest.mark.parametrize("config", CONVS)
 def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, batch, monkeypatch):
     _force_matmul(monkeypatch)
+    onednn_calls = _count_onednn_calls(monkeypatch)
     plain, rewritten = _pair(config)
     x = torch.randn(batch, 6, 9, 7)
     outputs, gradients = [], []
@@ -43,6 +44,7 @@ def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, ba
         outputs.append(out)
         gradients.append(leaf.grad)
     assert rewritten._use_matmul(x, rewritten.weight)
+    assert len(onednn_calls) == (2 if cpu_kernels.onednn_linear_available() else 0), "fp32: the multiply and its gradient on oneDNN"
     assert outputs[0].shape == outputs[1].shape and outputs[1].is_contiguous()
     assert (outputs[0] - outputs[1]).abs().max() <= 1e-5
     assert (gradients[0] - gradients[1]).abs().max() <= 1e-5
@@ -113,3 +115,81 @@ def test_training_with_matmul_convolutions_gives_the_same_lora(base_model, datas
     # Rounding differs (~1e-7); Adam's normalised steps carry it to ~3e-5 after 3 steps of 5e-3 each.
     for key, value in onednn.lora.tensors.items():
         assert (matmul.lora.tensors[key] - value).abs().max() <= 1e-4, key
+
+
+# --------------------------------------------------------------------------- fp32 linears on oneDNN
+
+needs_onednn = pytest.mark.skipif(not cpu_kernels.onednn_linear_available(), reason="this torch has no oneDNN linear")
+
+
+def _count_onednn_calls(monkeypatch) -> list:
+    calls = []
+    original = cpu_kernels._onednn_linear
+    monkeypatch.setattr(cpu_kernels, "_onednn_linear", lambda *args: calls.append(1) or original(*args))
+    return calls
+
+
+@needs_onednn
+@pytest.mark.parametrize("shape", [(64, 48), (2, 16, 48)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_onednn_linear_matches_mkl_forward_and_input_gradient(shape, bias, monkeypatch):
+    calls = _count_onednn_calls(monkeypatch)
+    torch.manual_seed(0)
+    plain = torch.nn.Linear(48, 40, bias=bias).requires_grad_(False)
+    rewritten = torch.nn.Linear(48, 40, bias=bias).requires_grad_(False)
+    rewritten.load_state_dict(plain.state_dict())
+    rewritten.__class__ = cpu_kernels.OneDNNLinear
+    x = torch.randn(*shape)
+    outputs, gradients = [], []
+    for layer in (plain, rewritten):
+        leaf = x.clone().requires_grad_(True)
+        out = layer(leaf)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs.append(out)
+        gradients.append(leaf.grad)
+    assert calls == [1, 1], "forward and input gradient both went through oneDNN"
+    assert (outputs[0] - outputs[1]).abs().max() <= 1e-5 * outputs[0].abs().max()
+    assert (gradients[0] - gradients[1]).abs().max() <= 1e-5 * gradients[0].abs().max()
+
+
+@needs_onednn
+def test_onednn_linear_is_only_used_for_frozen_fp32_weights_outside_autocast(monkeypatch):
+    calls = _count_onednn_calls(monkeypatch)
+    layer = cpu_kernels.OneDNNLinear(8, 8)
+    x = torch.randn(3, 8)
+    layer(x)  # a trained weight keeps torch's own linear and its weight gradient
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.requires_grad_(False)(x).dtype == torch.bfloat16  # bf16 already runs on oneDNN
+    layer.to(torch.bfloat16)(x.bfloat16())
+    assert calls == []
+    layer.float()(x)
+    assert calls == [1]
+
+
+@needs_onednn
+def test_onednn_linears_swaps_large_frozen_layers_only_and_undoes_it_even_on_error():
+    large = torch.nn.Linear(320, 320).requires_grad_(False)  # SD1.5's smallest attention projection
+    small = torch.nn.Linear(64, 64).requires_grad_(False)  # below the break-even size: MKL's lower call cost wins
+    trained = torch.nn.Linear(320, 320)
+    model = torch.nn.Sequential(large, small, trained)
+    with pytest.raises(RuntimeError, match="boom"):
+        with cpu_kernels.onednn_linears(model) as swapped:
+            assert swapped == 1 and [type(m) for m in model] == [cpu_kernels.OneDNNLinear, torch.nn.Linear, torch.nn.Linear]
+            raise RuntimeError("boom")
+    assert all(type(m) is torch.nn.Linear for m in model)
+
+
+@needs_onednn
+def test_training_with_onednn_linears_gives_the_same_lora(base_model, dataset, monkeypatch):
+    """Every frozen UNet and text-encoder linear forced onto oneDNN: the LoRA matches an MKL run and the base is restored."""
+    settings = TrainSettings(steps=3, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
+    lora_settings = LoRASettings(rank=2, targets="kohya", train_text_encoder=True)
+    mkl = Trainer(base_model, dataset, lora_settings, settings, cpu_onednn_linears=False).run()
+    monkeypatch.setattr(cpu_kernels, "ONEDNN_LINEAR_MIN_WEIGHTS", 0)
+    calls = _count_onednn_calls(monkeypatch)
+    onednn = Trainer(base_model, dataset, lora_settings, settings).run()
+    assert calls
+    for model in (base_model.unet, base_model.text_encoder):
+        assert not any(isinstance(m, cpu_kernels.OneDNNLinear) for m in model.modules())
+    for key, value in mkl.lora.tensors.items():
+        assert (onednn.lora.tensors[key] - value).abs().max() <= 1e-4, key
