@@ -19,7 +19,7 @@ already go to oneDNN). Measured with ``--variants default,mkl-linears``.
 from __future__ import annotations
 
 import functools
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Iterator
 
 import torch
@@ -146,30 +146,33 @@ def _large_enough_for_matmul(module: torch.nn.Conv2d) -> bool:
 
 
 @contextmanager
-def onednn_linears(model: torch.nn.Module) -> Iterator[int]:
+def _swap_class(modules: list[torch.nn.Module], replacement: type, instance_state: tuple[str, ...] = ()) -> Iterator[int]:
+    """Within the block each module is a ``replacement`` (a subclass of its own class); yields how many.
+
+    Afterwards each gets its own class back, without the ``instance_state`` attributes the replacement kept.
+    """
+    originals = [type(module) for module in modules]
+    for module in modules:
+        module.__class__ = replacement
+    try:
+        yield len(modules)
+    finally:
+        for module, original in zip(modules, originals):
+            module.__class__ = original
+            for name in instance_state:
+                module.__dict__.pop(name, None)
+
+
+def onednn_linears(model: torch.nn.Module) -> AbstractContextManager[int]:
     """Within the block, the model's large frozen ``Linear`` layers use oneDNN whenever they run in fp32 on the CPU; yields how many."""
     swapped = [
         module for module in model.modules()
         if type(module) is torch.nn.Linear and not module.weight.requires_grad and module.weight.numel() >= ONEDNN_LINEAR_MIN_WEIGHTS
     ] if onednn_linear_available() else []
-    for module in swapped:
-        module.__class__ = OneDNNLinear
-    try:
-        yield len(swapped)
-    finally:
-        for module in swapped:
-            module.__class__ = torch.nn.Linear
+    return _swap_class(swapped, OneDNNLinear)
 
 
-@contextmanager
-def matmul_convolutions(model: torch.nn.Module) -> Iterator[int]:
+def matmul_convolutions(model: torch.nn.Module) -> AbstractContextManager[int]:
     """Within the block, the model's plain ``Conv2d`` layers choose unfold + matmul where it is faster; yields how many."""
     swapped = [module for module in model.modules() if type(module) is torch.nn.Conv2d and _large_enough_for_matmul(module)]
-    for module in swapped:
-        module.__class__ = MatmulConv2d
-    try:
-        yield len(swapped)
-    finally:
-        for module in swapped:
-            module.__class__ = torch.nn.Conv2d
-            module.__dict__.pop("_matmul_choices", None)
+    return _swap_class(swapped, MatmulConv2d, instance_state=("_matmul_choices",))
