@@ -19,14 +19,19 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+ACCELERATORS = ("cuda", "xpu", "mps")  # in the order ComfyUI prefers them
+
+
+def _accelerator_count(device_type: str) -> int:
+    """How many devices of one accelerator type this torch can use."""
+    if device_type == "mps":
+        return 1 if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else 0
+    backend = getattr(torch, device_type, None)
+    return backend.device_count() if backend is not None and backend.is_available() else 0
+
+
 def default_device() -> torch.device:
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if hasattr(torch, "xpu") and torch.xpu.is_available():
-        return torch.device("xpu")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+    return next((torch.device(kind) for kind in ACCELERATORS if _accelerator_count(kind)), torch.device("cpu"))
 
 
 def usable_device(spec: str | torch.device | None) -> torch.device:
@@ -37,15 +42,9 @@ def usable_device(spec: str | torch.device | None) -> torch.device:
         device = torch.device(spec)
     except (RuntimeError, TypeError):
         raise SettingsError(f"Unknown device {str(spec)!r}; use cpu, cuda, cuda:N, xpu or mps.") from None
-    if device.type == "cpu":
-        return device
-    if device.type in ("cuda", "xpu"):
-        backend = getattr(torch, device.type, None)
-        count = backend.device_count() if backend is not None and backend.is_available() else 0
-    elif device.type == "mps":
-        count = 1 if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available() else 0
-    else:
-        return device  # e.g. DirectML's privateuseone, which ComfyUI can hand us: its own backend checks it
+    if device.type not in ACCELERATORS:
+        return device  # the CPU, or e.g. DirectML's privateuseone, which ComfyUI can hand us: its own backend checks it
+    count = _accelerator_count(device.type)
     if count == 0:
         raise SettingsError(
             f"Device {device} is not available: this torch ({torch.__version__}) finds no {device.type} device; "
