@@ -20,13 +20,24 @@ def _force_matmul(monkeypatch):
     monkeypatch.setattr(cpu_kernels, "MATMUL_THRESHOLDS", {key: 0 for key in cpu_kernels.MATMUL_THRESHOLDS})
 
 
-def _pair(config):
+def _pair(make, replacement):
+    """Two frozen layers with the same weights, the second turned into ``replacement``."""
     torch.manual_seed(0)
-    plain = torch.nn.Conv2d(**config).requires_grad_(False)
-    rewritten = torch.nn.Conv2d(**config).requires_grad_(False)
+    plain, rewritten = make().requires_grad_(False), make().requires_grad_(False)
     rewritten.load_state_dict(plain.state_dict())
-    rewritten.__class__ = MatmulConv2d
+    rewritten.__class__ = replacement
     return plain, rewritten
+
+
+def _outputs_and_input_gradients(layers, x):
+    outputs, gradients = [], []
+    for layer in layers:
+        leaf = x.clone().requires_grad_(True)
+        out = layer(leaf)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+        outputs.append(out)
+        gradients.append(leaf.grad)
+    return outputs, gradients
 
 
 @pytest.mark.parametrize("batch", [1, 3])
@@ -34,15 +45,9 @@ def _pair(config):
 def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, batch, monkeypatch):
     _force_matmul(monkeypatch)
     onednn_calls = _count_onednn_calls(monkeypatch)
-    plain, rewritten = _pair(config)
+    plain, rewritten = _pair(lambda: torch.nn.Conv2d(**config), MatmulConv2d)
     x = torch.randn(batch, 6, 9, 7)
-    outputs, gradients = [], []
-    for conv in (plain, rewritten):
-        leaf = x.clone().requires_grad_(True)
-        out = conv(leaf)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outputs.append(out)
-        gradients.append(leaf.grad)
+    outputs, gradients = _outputs_and_input_gradients((plain, rewritten), x)
     assert rewritten._use_matmul(x, rewritten.weight)
     assert len(onednn_calls) == (2 if cpu_kernels.onednn_linear_available() else 0), "fp32: the multiply and its gradient on oneDNN"
     assert outputs[0].shape == outputs[1].shape and outputs[1].is_contiguous()
@@ -52,7 +57,7 @@ def test_matmul_convolution_matches_onednn_forward_and_input_gradient(config, ba
 
 def test_matmul_convolution_follows_bf16_autocast(monkeypatch):
     _force_matmul(monkeypatch)
-    plain, rewritten = _pair(CONVS[0])
+    plain, rewritten = _pair(lambda: torch.nn.Conv2d(**CONVS[0]), MatmulConv2d)
     x = torch.randn(1, 6, 8, 8)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         expected, got = plain(x), rewritten(x)
@@ -134,19 +139,8 @@ def _count_onednn_calls(monkeypatch) -> list:
 @pytest.mark.parametrize("bias", [True, False])
 def test_onednn_linear_matches_mkl_forward_and_input_gradient(shape, bias, monkeypatch):
     calls = _count_onednn_calls(monkeypatch)
-    torch.manual_seed(0)
-    plain = torch.nn.Linear(48, 40, bias=bias).requires_grad_(False)
-    rewritten = torch.nn.Linear(48, 40, bias=bias).requires_grad_(False)
-    rewritten.load_state_dict(plain.state_dict())
-    rewritten.__class__ = cpu_kernels.OneDNNLinear
-    x = torch.randn(*shape)
-    outputs, gradients = [], []
-    for layer in (plain, rewritten):
-        leaf = x.clone().requires_grad_(True)
-        out = layer(leaf)
-        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
-        outputs.append(out)
-        gradients.append(leaf.grad)
+    plain, rewritten = _pair(lambda: torch.nn.Linear(48, 40, bias=bias), cpu_kernels.OneDNNLinear)
+    outputs, gradients = _outputs_and_input_gradients((plain, rewritten), torch.randn(*shape))
     assert calls == [1, 1], "forward and input gradient both went through oneDNN"
     assert (outputs[0] - outputs[1]).abs().max() <= 1e-5 * outputs[0].abs().max()
     assert (gradients[0] - gradients[1]).abs().max() <= 1e-5 * gradients[0].abs().max()
