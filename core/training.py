@@ -216,6 +216,20 @@ def generator(*parts: int) -> torch.Generator:
 # --------------------------------------------------------------------------- the trainer
 
 
+def _number(value: float) -> str:
+    """A loss scale as people read it: 65536 rather than 6.5536e+04, 0.25 below one."""
+    return f"{value:.0f}" if value >= 1 else f"{value:g}"
+
+
+@dataclass(frozen=True)
+class SkippedStep:
+    """Why a step made no update. fp16 loss-scale calibration skips (the scale still above 1) are normal
+    and do not count toward ``max_bad_steps``; everything else does."""
+
+    reason: str
+    counts_toward_limit: bool = True
+
+
 class Trainer:
     """One training run. ``run()`` returns a TrainResult; the base model is left as it was found."""
 
@@ -826,6 +840,7 @@ class Trainer:
         self.loss_history: list[float] = []
         self.lr_history: list[float] = []
         self.skipped_steps: list[int] = []
+        self._counted_skips = 0
         self.samples: list[str] = []
         self.checkpoint_bytes = 0
         rng_state = torch.random.get_rng_state()
@@ -864,14 +879,14 @@ class Trainer:
                     interrupted = True
                     break
                 step_start = time.perf_counter()
-                loss_value, problem = self._train_step(step, parameters)
+                loss_value, skipped = self._train_step(step, parameters)
                 step += 1
                 if first_step_at is None:
                     first_step_at = time.perf_counter() - run_start
                 step_times.append(time.perf_counter() - step_start)
-                if problem:
-                    bad_in_row += 1
-                    self._skip_step(step, problem, bad_in_row)
+                if skipped:
+                    bad_in_row += skipped.counts_toward_limit
+                    self._skip_step(step, skipped, bad_in_row)
                 else:
                     bad_in_row = 0
                     self.loss_history.append(loss_value)
@@ -925,13 +940,17 @@ class Trainer:
             checkpoint_bytes=self.checkpoint_bytes,
         )
 
-    def _skip_step(self, step: int, problem: str, bad_in_row: int) -> None:
+    def _skip_step(self, step: int, skipped: SkippedStep, bad_in_row: int) -> None:
         """A step whose loss or gradient was not finite made no update; too many in a row end the run."""
         settings = self.settings
+        problem = skipped.reason
         self.skipped_steps.append(step)
-        if len(self.skipped_steps) == 1:
-            warnings.warn(f"Step {step} was skipped because {problem}; the adapters were not updated.", RuntimeWarning, stacklevel=3)
         self.progress(ProgressEvent("skip", step, settings.steps, message=f"step skipped: {problem}"))
+        if not skipped.counts_toward_limit:
+            return
+        self._counted_skips += 1
+        if self._counted_skips == 1:
+            warnings.warn(f"Step {step} was skipped because {problem}; the adapters were not updated.", RuntimeWarning, stacklevel=3)
         if bad_in_row < settings.max_bad_steps:
             return
         last_good = step - bad_in_row
@@ -944,8 +963,8 @@ class Trainer:
             "Lower the learning rate or train in bf16/fp32 instead of fp16, then resume."
         )
 
-    def _train_step(self, step: int, parameters: list[torch.nn.Parameter]) -> tuple[float, str | None]:
-        """One optimizer step; returns (mean loss, None) or (loss, why the step was skipped)."""
+    def _train_step(self, step: int, parameters: list[torch.nn.Parameter]) -> tuple[float, SkippedStep | None]:
+        """One optimizer step; returns (mean loss, None) or (nan, why the step was skipped)."""
         settings = self.settings
         total = 0.0
         for micro in range(settings.grad_accum):
@@ -959,7 +978,7 @@ class Trainer:
                 loss = self._loss(self.unet, latents, text, rng)
             value = float(loss.detach())
             if not math.isfinite(value):
-                return self._abandon_step(f"the loss was {value}")
+                return self._abandon_step(SkippedStep(f"the loss was {value}"))
             with self._timed("backward"):
                 scaled = loss / settings.grad_accum
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -972,23 +991,33 @@ class Trainer:
             else:
                 norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
             if self.scaler is not None:
-                # fp16: the scaler skips steps with inf/nan gradients itself and lowers its scale.
+                # fp16: the scaler skips steps with inf/nan gradients itself and halves its scale, the only
+                # time update() lowers it. Such skips calibrate the scale (kohya and the diffusers script
+                # have them too); once it is down to 1 the gradients overflow unamplified, which is a failure.
+                scale = self.scaler.get_scale()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+                if self.scaler.get_scale() < scale:
+                    if scale > 1:
+                        return self._abandon_step(SkippedStep(
+                            f"its fp16 gradients overflowed, so the loss scale was lowered to {_number(self.scaler.get_scale())}",
+                            counts_toward_limit=False,
+                        ))
+                    return self._abandon_step(SkippedStep(f"its gradients overflowed fp16 even at a loss scale of {_number(scale)}"))
             elif not math.isfinite(float(norm)):
-                return self._abandon_step(f"the gradient norm was {float(norm)}")
+                return self._abandon_step(SkippedStep(f"the gradient norm was {float(norm)}"))
             else:
                 self.optimizer.step()
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return total / settings.grad_accum, None
 
-    def _abandon_step(self, problem: str) -> tuple[float, str]:
+    def _abandon_step(self, skipped: SkippedStep) -> tuple[float, SkippedStep]:
         self.optimizer.zero_grad(set_to_none=True)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the schedule follows the step count, updated or not
             self.lr_scheduler.step()
-        return float("nan"), problem
+        return float("nan"), skipped
 
 
 def train(

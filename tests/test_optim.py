@@ -15,6 +15,7 @@ from core.losses import add_noise_offset, denoising_loss, min_snr_weights, resol
 from core.lora import LoRASettings
 from core.model_loading import default_noise_scheduler
 from core.training import Trainer, TrainSettings, train
+from training_support import StopAtStep
 
 QUICK = dict(steps=3, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=5)
 
@@ -272,4 +273,115 @@ def test_nan_steps_in_a_row_stop_with_advice_and_keep_the_good_adapters(tiny_bas
     good = read_lora_file(tmp_path / "ck" / "checkpoint-000002" / "lora.safetensors").tensors
     kept = read_lora_file(tmp_path / "ck" / "checkpoint-000005" / "lora.safetensors").tensors
     assert all(torch.equal(good[k], kept[k]) for k in good)
+    assert not any("lora" in name for name, _ in tiny_base.unet.named_modules()), "the base model is restored after the error"
+
+
+# --------------------------------------------------------------------------- fp16 loss scaling
+# fp16 is what GPUs without bf16 (and Macs) train in; torch runs fp16 autocast and its GradScaler on the CPU
+# too, so these tests lift the CPU's refusal of fp16 to run that code path here.
+
+
+@pytest.fixture
+def fp16_on_cpu(monkeypatch):
+    from core import training
+
+    resolve = training.resolve_precision
+    monkeypatch.setattr(training, "resolve_precision", lambda precision, device: "fp16" if precision == "fp16" else resolve(precision, device))
+
+
+def start_loss_scale_at(monkeypatch, scale):
+    grad_scaler = torch.amp.GradScaler
+    monkeypatch.setattr(torch.amp, "GradScaler", lambda device: grad_scaler(device, init_scale=scale))
+
+
+class FirstGradientTrainer(Trainer):
+    """Keeps the gradients that the first optimizer step receives (after the fp16 loss scale is taken out)."""
+
+    first_gradients = None
+
+    def _train_step(self, step, parameters):
+        if step == 0:
+            def record(optimizer, args, kwargs):
+                if self.first_gradients is None:
+                    self.first_gradients = torch.cat([p.grad.detach().flatten() for p in parameters])
+
+            self.optimizer.register_step_pre_hook(record)
+        return super()._train_step(step, parameters)
+
+
+def test_fp16_gives_the_gradients_and_losses_of_fp32(tiny_base, shapes, fp16_on_cpu):
+    runs = {}
+    for precision in ("fp32", "fp16"):
+        trainer = FirstGradientTrainer(tiny_base, shapes, LoRASettings(rank=2), TrainSettings(**{**QUICK, "precision": precision}))
+        runs[precision] = (trainer.run(), trainer.first_gradients)
+    (full, full_gradients), (half, half_gradients) = runs["fp32"], runs["fp16"]
+    assert half.skipped_steps == [] and all(t.dtype == torch.float32 for t in half.lora.tensors.values())
+    difference = float((half_gradients - full_gradients).norm() / full_gradients.norm())
+    assert 0 < difference < 0.01, f"fp16 gradients differ from fp32 by {difference:.2%} (a loss scale left in would be 65536x)"
+    assert half.loss_history == pytest.approx(full.loss_history, rel=2e-3)
+
+
+def test_fp16_overflow_skips_lower_the_loss_scale_without_stopping_the_run(tiny_base, shapes, fp16_on_cpu, monkeypatch, tmp_path):
+    start_loss_scale_at(monkeypatch, 2.0**30)  # far too high: the first steps overflow until the scale has come down
+    events = []
+    settings = TrainSettings(**{**QUICK, "steps": 12}, precision="fp16", save_every=1, max_bad_steps=3)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = Trainer(tiny_base, shapes, LoRASettings(rank=2), settings, checkpoint_dir=tmp_path / "ck", progress=events.append).run()
+    leading = next(k for k in range(len(result.skipped_steps) + 1) if k + 1 not in result.skipped_steps)
+    assert leading > settings.max_bad_steps, result.skipped_steps
+    assert result.steps == 12 and len(result.loss_history) == 12 - len(result.skipped_steps)
+    assert not any("was skipped" in str(w.message) for w in caught), "calibrating the loss scale is normal, not a warning"
+    skips = [e.message for e in events if e.phase == "skip"]
+    assert len(skips) == len(result.skipped_steps) and "loss scale was lowered to 536870912" in skips[0]
+    from core.lora import read_lora_file
+
+    def lora_at(step):
+        return read_lora_file(tmp_path / "ck" / f"checkpoint-{step:06d}" / "lora.safetensors").tensors
+
+    untouched, first_update = lora_at(1), lora_at(leading + 1)
+    assert all(torch.equal(untouched[k], lora_at(leading)[k]) for k in untouched), "skipped steps make no update"
+    assert not all(torch.equal(untouched[k], first_update[k]) for k in untouched)
+
+
+def test_fp16_resume_restores_the_loss_scale(tiny_base, shapes, fp16_on_cpu, monkeypatch, tmp_path):
+    start_loss_scale_at(monkeypatch, 2.0**24)
+    settings = TrainSettings(**{**QUICK, "steps": 8}, precision="fp16")
+    reference = train(tiny_base, shapes, LoRASettings(rank=2), settings)
+    assert reference.skipped_steps[:1] == [1], "the run starts by calibrating the scale"
+    for stop_at in (1, 4):
+        stop = StopAtStep(stop_at)
+        checkpoint_dir = tmp_path / f"ck{stop_at}"
+        train(tiny_base, shapes, LoRASettings(rank=2), settings, checkpoint_dir=checkpoint_dir, progress=stop, should_stop=stop.should_stop)
+        resumed = train(tiny_base, shapes, LoRASettings(rank=2), settings, checkpoint_dir=checkpoint_dir, resume_from=checkpoint_dir)
+        assert resumed.skipped_steps == reference.skipped_steps, "a resumed run must not calibrate the scale again"
+        assert resumed.loss_history == pytest.approx(reference.loss_history, abs=1e-6)
+        assert max_difference(resumed, reference) <= 1e-6
+
+
+class OverflowingTrainer(Trainer):
+    """Every gradient is infinite, whatever the loss scale: fp16 overflow that scaling cannot cure."""
+
+    def _loss(self, *args, **kwargs):
+        loss = super()._loss(*args, **kwargs)
+        return loss if kwargs.get("plain") else _InfiniteGradient.apply(loss)
+
+
+class _InfiniteGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, value):
+        return value.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("inf")
+
+
+def test_fp16_overflow_at_a_loss_scale_of_one_stops_the_run(tiny_base, shapes, fp16_on_cpu, monkeypatch):
+    start_loss_scale_at(monkeypatch, 4.0)  # scales 4 and 2 calibrate; 1, 0.5 and 0.25 count
+    settings = TrainSettings(**{**QUICK, "steps": 8}, precision="fp16", max_bad_steps=3)
+    with pytest.raises(TrainerError, match=r"Training stopped at step 5: 3 steps in a row.*overflowed fp16 even at a loss scale of 0\.25.*bf16/fp32"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            OverflowingTrainer(tiny_base, shapes, LoRASettings(rank=2), settings).run()
     assert not any("lora" in name for name, _ in tiny_base.unet.named_modules()), "the base model is restored after the error"

@@ -8,27 +8,13 @@ from core import lora as lora_lib
 from core.errors import SettingsError
 from core.lora import LoRASettings, read_lora_file, save_lora_file
 from core.training import Trainer, TrainSettings, train
-from training_support import ProbeTrainer
+from training_support import ProbeTrainer, StopAtStep
 
 FAST = dict(steps=6, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
 KOHYA_KEY = re.compile(
     r"^(lora_unet_[a-z0-9_]+|lora_te_text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12]))"
     r"\.(lora_down\.weight|lora_up\.weight|alpha)$"
 )
-
-
-class StopAtStep:
-    """Progress callback + stop check that cancels once a given step has been reported."""
-
-    def __init__(self, step):
-        self.step, self.stopped = step, False
-
-    def __call__(self, event):
-        if event.phase == "train" and event.step >= self.step:
-            self.stopped = True
-
-    def should_stop(self):
-        return self.stopped
 
 
 def _state(module):

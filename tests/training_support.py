@@ -21,3 +21,17 @@ class ProbeTrainer(Trainer):
                 "text_encoder": self.text_encoder(ids)[0],
             }
         super()._restore_base()
+
+
+class StopAtStep:
+    """Progress callback + stop check that cancels once a given step has been reported."""
+
+    def __init__(self, step):
+        self.step, self.stopped = step, False
+
+    def __call__(self, event):
+        if event.phase == "train" and event.step >= self.step:
+            self.stopped = True
+
+    def should_stop(self):
+        return self.stopped
