@@ -91,3 +91,28 @@ def test_gpu_script_runs_its_configurations_on_the_tiny_model_on_the_cpu(tmp_pat
     assert "error" not in lines[2] or "bitsandbytes" in lines[2]["log_tail"], "8-bit AdamW runs, or says what to install"
     for line in lines[5:]:  # fp16 is a GPU precision: refused on the CPU, in one line each, and the script goes on
         assert "fp16 training is not supported on the CPU" in line["log_tail"]
+
+
+def test_step_memory_accounts_for_weights_adapters_and_optimizer_and_sees_checkpointing(tmp_path, capsys):
+    import torch
+
+    from bench import step_memory
+    from core import lora as lora_lib
+    from core.lora import LoRASettings
+    from core.model_loading import load_base_model
+
+    lines = {}
+    for checkpointing in (False, True):
+        step_memory.main(["--model", "tiny", "--workdir", str(tmp_path)] + ["--gradient-checkpointing"] * checkpointing)
+        lines[checkpointing] = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    unet = load_base_model(tmp_path / "tiny_diffusers", dtype=torch.bfloat16).unet
+    unet_bytes = sum(p.numel() * p.element_size() for p in unet.parameters())
+    lora_lib.inject(unet, lora_lib.target_pattern(LoRASettings().targets), 16, 16, 0.0, "UNet")
+    adapters = [p for p in unet.parameters() if p.requires_grad]
+    adapter_bytes = sum(p.numel() * 4 for p in adapters)  # trained in fp32
+    for line in lines.values():
+        at_peak = line["at_peak_by_category_bytes"]
+        assert at_peak["parameter"] == unet_bytes + adapter_bytes, "every frozen weight and adapter is in the peak, once"
+        assert at_peak["optimizer_state"] == 2 * adapter_bytes + 4 * len(adapters), "AdamW's two moments and step count"
+        assert line["projected_peak_allocated_bytes"] == sum(at_peak.values())
+    assert lines[True]["at_peak_by_category_bytes"].get("activation", 0) < lines[False]["at_peak_by_category_bytes"]["activation"] / 2

@@ -1,0 +1,106 @@
+"""What one steady training step would allocate on a GPU, projected from a CPU run (no GPU needed).
+
+    python -m bench.step_memory --model sd15 --resolution 512 --rank 16 --precision bf16 [--gradient-checkpointing]
+
+Runs our trainer on the CPU for two steps with the kernels a GPU run uses (the CPU-only
+convolution and linear kernels of core.cpu_kernels switched off) and records the second step
+with the torch profiler's memory timeline: every tensor the step touches or creates (UNet
+weights, adapters, their gradients and AdamW state, activations kept for the backward pass,
+temporaries), by category. Its peak is what ``torch.cuda.max_memory_allocated`` would report
+for that step, less what CUDA kernels allocate for themselves (cuDNN and attention
+workspaces) and rounding by the caching allocator; the CUDA context (0.3-0.5 GiB) is never
+in "allocated". The VAE and text encoder have been released after caching by then, as in the
+CLI and bench runs. Prints one JSON line. fp16 shares bf16's byte sizes, so bf16 stands for both.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+from bench.assets import MODELS, build_data, build_model
+
+# The columns of torch.profiler's exported memory timeline: a leading zero, then its categories.
+TIMELINE_CATEGORIES = ("none", "parameter", "optimizer_state", "input", "temporary", "activation", "gradient", "autograd_detail", "unknown")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m bench.step_memory", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=MODELS, default="tiny")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 64 for tiny, 512 for sd15")
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lora_trainer_bench"))
+    return parser.parse_args(argv)
+
+
+def profiled_step_memory(trainer, profiled_step: int, timeline_path: Path) -> dict[str, int]:
+    """Runs ``trainer`` and returns the peak bytes of step ``profiled_step`` (0-based), total and by category."""
+    import torch
+    from torch.profiler import profile
+
+    train_step = trainer._train_step
+
+    def step(step_index, parameters):
+        if step_index != profiled_step:
+            return train_step(step_index, parameters)
+        with profile(profile_memory=True, record_shapes=True, with_stack=True) as profiler:
+            outcome = train_step(step_index, parameters)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only recorder
+            profiler.export_memory_timeline(str(timeline_path), device="cpu")
+        return outcome
+
+    trainer._train_step = step
+    with torch.inference_mode(False):
+        trainer.run()
+    _, sizes = json.loads(timeline_path.read_text())
+    peak_index = max(range(len(sizes)), key=lambda index: sum(sizes[index]))
+    at_peak = dict(zip(TIMELINE_CATEGORIES, sizes[peak_index]))
+    return {"total": sum(sizes[peak_index]), **{name: size for name, size in at_peak.items() if size}}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    workdir = Path(args.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    resolution = args.resolution or (64 if args.model == "tiny" else 512)
+    model_dir = build_model(workdir, args.model)
+    data_dir, _ = build_data(workdir, resolution)
+
+    from core.cli import _quiet_libraries
+
+    _quiet_libraries()
+    from core.dataset import load_folder_dataset
+    from core.devices import torch_dtype
+    from core.lora import LoRASettings
+    from core.model_loading import load_base_model
+    from core.training import Trainer, TrainSettings
+
+    settings = TrainSettings(
+        steps=2, learning_rate=1e-4, batch_size=args.batch_size, resolution=resolution, seed=0, lr_scheduler="constant",
+        precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, random_flip=False,
+    )
+    trainer = Trainer(
+        load_base_model(model_dir, dtype=torch_dtype(args.precision)), load_folder_dataset(data_dir),
+        LoRASettings(rank=args.rank), settings, device="cpu", release_frozen_models=True,
+        cpu_matmul_convolutions=False, cpu_onednn_linears=False,
+    )
+    with tempfile.TemporaryDirectory() as scratch:
+        peak = profiled_step_memory(trainer, profiled_step=1, timeline_path=Path(scratch) / "timeline.json")
+    print(json.dumps({
+        "model": args.model, "resolution": resolution, "batch_size": args.batch_size, "rank": args.rank,
+        "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
+        "projected_peak_allocated_bytes": peak["total"],
+        "at_peak_by_category_bytes": {name: size for name, size in peak.items() if name != "total"},
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
