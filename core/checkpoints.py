@@ -30,7 +30,7 @@ RESUME_INVARIANTS = (
     "bucket", "max_area", "no_upscale", "caption_dropout", "shuffle_tags", "keep_tokens", "tag_dropout",
 )
 # Values a checkpoint written before a setting existed implicitly had.
-DEFAULTS_BEFORE = {"optimizer": "adamw", "conv_rank": None, "conv_alpha": None, "use_dora": False}
+DEFAULTS_BEFORE = {"optimizer": "adamw", "conv_rank": None, "conv_alpha": None, "use_dora": False, "adapter": "lora"}
 
 
 def find_checkpoints(folder: Path) -> list[Path]:

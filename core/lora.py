@@ -3,8 +3,10 @@
 peft does the adapter math; this module decides which modules get adapters
 and turns peft's layers into the kohya key layout (``lora_unet_*``,
 ``lora_te_*`` with ``.lora_down``/``.lora_up``/``.alpha``) that ComfyUI,
-A1111/Forge and diffusers all read. peft's own key names are never saved:
-ComfyUI silently ignores them.
+A1111/Forge and diffusers all read. LoHa adapters (peft's LoHa, LyCORIS's
+``algo=loha``) save LyCORIS's ``.hada_w1_a/.hada_w1_b/.hada_w2_a/.hada_w2_b``
+under the same module names, which ComfyUI and A1111/Forge read too. peft's own
+key names are never saved: ComfyUI silently ignores them.
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ UNET_TARGET_PRESETS = {
 TEXT_ENCODER_TARGETS = r".*encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
 UNET_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te_"
+ADAPTER_TYPES = ("lora", "loha")
+# The tensors each adapter type saves per module (LyCORIS names for LoHa); the first one marks the type in a file.
+ADAPTER_KEYS = {
+    "lora": ("lora_down.weight", "lora_up.weight"),
+    "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+}
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,7 @@ class LoRASettings:
     conv_rank: int | None = None  # rank of 3x3 conv adapters (LoCon); None means the LoRA rank
     conv_alpha: float | None = None  # None means alpha = conv rank
     use_dora: bool = False  # weight-decomposed LoRA (peft use_dora), saved with .dora_scale keys
+    adapter: str = "lora"  # "loha": a Hadamard product of two low-rank pairs (LyCORIS LoHa), rank r each
 
     @property
     def effective_alpha(self) -> float:
@@ -82,13 +91,20 @@ class LoRASettings:
                 raise SettingsError(f"{name} must be a whole number of at least 1, got {value}.")
         if self.conv_alpha is not None and not (self.conv_alpha > 0):
             raise SettingsError(f"Conv alpha must be positive, got {self.conv_alpha}.")
+        if self.adapter not in ADAPTER_TYPES:
+            raise SettingsError(f"The adapter type must be one of {', '.join(ADAPTER_TYPES)}, got {self.adapter!r}.")
+        if self.adapter == "loha" and self.use_dora:
+            raise SettingsError("DoRA is a kind of LoRA; it cannot be combined with LoHa.")
+        if self.adapter == "loha" and self.dropout:
+            raise SettingsError("LoHa adapters have no input dropout; set dropout to 0.")
         target_pattern(self.targets)
 
     def __repr__(self) -> str:
         te = f", text encoder rank {self.effective_te_rank}" if self.train_text_encoder else ""
         conv = f", conv rank {self.effective_conv_rank}" if self.targets == "kohya+conv" or self.conv_rank else ""
         dora = ", DoRA" if self.use_dora else ""
-        return f"LoRAConfig(rank {self.rank}, alpha {self.effective_alpha:g}, {self.targets} targets{conv}{te}{dora})"
+        kind = ", LoHa" if self.adapter == "loha" else ""
+        return f"LoRAConfig(rank {self.rank}, alpha {self.effective_alpha:g}, {self.targets} targets{conv}{te}{dora}{kind})"
 
 
 def target_pattern(targets: str) -> str:
@@ -140,13 +156,15 @@ def inject(
     conv_rank: int | None = None,
     conv_alpha: float | None = None,
     use_dora: bool = False,
+    adapter: str = "lora",
 ) -> list[str]:
     """Add a trainable adapter to every Linear/Conv2d whose full name matches ``pattern``.
 
     Convs with a kernel larger than 1x1 get ``conv_rank``/``conv_alpha`` when given
-    (kohya's conv_dim/conv_alpha); ``use_dora`` makes them DoRA adapters.
+    (kohya's conv_dim/conv_alpha); ``use_dora`` makes them DoRA adapters; ``adapter="loha"``
+    makes them LoHa adapters (convolutions flattened to out x in*k*k, as ComfyUI rebuilds them).
     """
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import LoHaConfig, LoraConfig, inject_adapter_in_model
 
     names = _check_rank(model, pattern, rank, what, conv_rank)
     rank_pattern, alpha_pattern = {}, {}
@@ -157,10 +175,16 @@ def inject(
                 alpha_pattern[re.escape(name)] = float(conv_alpha if conv_alpha is not None else conv_rank)
     # The exact layer names, not the pattern: a user's regex may also match container
     # modules (e.g. ``.*attn2`` matches the Attention block), which peft would refuse.
-    config = LoraConfig(
-        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, init_lora_weights=True,
-        rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_dora=use_dora,
-    )
+    if adapter == "loha":
+        config = LoHaConfig(
+            r=rank, alpha=alpha, target_modules=names, init_weights=True, use_effective_conv2d=False,
+            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+        )
+    else:
+        config = LoraConfig(
+            r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=names, init_lora_weights=True,
+            rank_pattern=rank_pattern, alpha_pattern=alpha_pattern, use_dora=use_dora,
+        )
     inject_adapter_in_model(config, model, adapter_name=ADAPTER_NAME)
     for name, parameter in model.named_parameters():
         parameter.requires_grad_(f".{ADAPTER_NAME}." in name or name.endswith(f".{ADAPTER_NAME}"))
@@ -168,11 +192,20 @@ def inject(
 
 
 def lora_layers(model: torch.nn.Module):
-    from peft.tuners.lora import LoraLayer
+    """(name, peft layer) of every module carrying our adapter, LoRA or LoHa."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     for name, module in model.named_modules():
-        if isinstance(module, LoraLayer) and ADAPTER_NAME in module.lora_A:
+        if isinstance(module, BaseTunerLayer) and ADAPTER_NAME in getattr(module, "scaling", {}):
             yield name, module
+
+
+def adapter_type(layer) -> str:
+    return "loha" if hasattr(layer, "hada_w1_a") else "lora"
+
+
+def _loha_tensors(layer) -> dict[str, torch.nn.Parameter]:
+    return {key: getattr(layer, key)[ADAPTER_NAME] for key in ADAPTER_KEYS["loha"]}
 
 
 def set_adapters_enabled(model: torch.nn.Module, enabled: bool) -> None:
@@ -241,6 +274,13 @@ def kohya_state_dict(model: torch.nn.Module, prefix: str) -> dict[str, torch.Ten
     tensors = {}
     for name, layer in lora_layers(model):
         stem = kohya_stem(name, prefix)
+        if adapter_type(layer) == "loha":
+            # ComfyUI rebuilds ΔW = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / w1_b.shape[0]: peft's LoHa with scaling alpha / r.
+            for key, tensor in _loha_tensors(layer).items():
+                tensors[f"{stem}.{key}"] = tensor.detach().float().cpu().contiguous()
+            rank = layer.hada_w1_b[ADAPTER_NAME].shape[0]
+            tensors[f"{stem}.alpha"] = torch.tensor(float(layer.scaling[ADAPTER_NAME] * rank), dtype=torch.float32)
+            continue
         down = layer.lora_A[ADAPTER_NAME].weight.detach().float().cpu()
         up = layer.lora_B[ADAPTER_NAME].weight.detach().float().cpu()
         rank = down.shape[0]
@@ -262,6 +302,9 @@ def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pr
     matched = 0
     for name, layer in lora_layers(model):
         stem = kohya_stem(name, prefix)
+        if adapter_type(layer) == "loha":
+            matched += _load_loha_into(layer, stem, tensors)
+            continue
         if f"{stem}.lora_down.weight" not in tensors:
             continue
         down, up = tensors[f"{stem}.lora_down.weight"], tensors[f"{stem}.lora_up.weight"]
@@ -287,8 +330,35 @@ def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pr
     return matched
 
 
+def _load_loha_into(layer, stem: str, tensors: dict[str, torch.Tensor]) -> int:
+    """Copy one module's LoHa tensors; an alpha that differs is folded into ``hada_w1_a``. Returns 1, or 0 if absent."""
+    if f"{stem}.hada_w1_a" not in tensors:
+        return 0
+    targets = _loha_tensors(layer)
+    for key, target in targets.items():
+        if tensors[f"{stem}.{key}"].shape != target.shape:
+            raise SettingsError(
+                f"The LoHa file's {stem}.{key} has shape {tuple(tensors[f'{stem}.{key}'].shape)} but this run's adapter there "
+                f"has {tuple(target.shape)}; set the rank (and conv rank) to the file's."
+            )
+    rank = targets["hada_w1_b"].shape[0]
+    file_scale = float(tensors[f"{stem}.alpha"]) / rank if f"{stem}.alpha" in tensors else 1.0
+    our_scale = float(layer.scaling[ADAPTER_NAME])
+    with torch.no_grad():
+        for key, target in targets.items():
+            value = tensors[f"{stem}.{key}"]
+            target.copy_(value.double() * (file_scale / our_scale) if key == "hada_w1_a" and file_scale != our_scale else value)
+    return 1
+
+
+def file_adapter_types(tensors: dict[str, torch.Tensor]) -> set[str]:
+    """Which adapter types a kohya/LyCORIS file holds (empty if none we know)."""
+    return {kind for kind, keys in ADAPTER_KEYS.items() if any(k.endswith(f".{keys[0]}") for k in tensors)}
+
+
 def file_module_stems(tensors: dict[str, torch.Tensor], prefix: str) -> set[str]:
-    return {k[: -len(".lora_down.weight")] for k in tensors if k.startswith(prefix) and k.endswith(".lora_down.weight")}
+    markers = [f".{keys[0]}" for keys in ADAPTER_KEYS.values()]
+    return {k.rsplit(".", 2 if k.endswith(".weight") else 1)[0] for k in tensors if k.startswith(prefix) and any(k.endswith(m) for m in markers)}
 
 
 def adapter_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -317,11 +387,11 @@ class LoRAWeights:
 
     @property
     def unet_modules(self) -> int:
-        return sum(1 for k in self.tensors if k.startswith(UNET_PREFIX) and k.endswith(".lora_down.weight"))
+        return len(file_module_stems(self.tensors, UNET_PREFIX))
 
     @property
     def text_encoder_modules(self) -> int:
-        return sum(1 for k in self.tensors if k.startswith(TEXT_ENCODER_PREFIX) and k.endswith(".lora_down.weight"))
+        return len(file_module_stems(self.tensors, TEXT_ENCODER_PREFIX))
 
     def __repr__(self) -> str:
         def field(key: str) -> str:  # metadata may come from any file: shown short, never trusted
@@ -394,13 +464,15 @@ def network_args_json(settings: LoRASettings) -> str:
         # LyCORIS's name; dora_scale holds m·‖W‖/‖W+ΔW‖ per output row (see dora_scale_for_comfyui).
         args["dora_wd"] = "True"
         args["dora_scale_convention"] = "comfyui-output-axis"
+    if settings.adapter == "loha":
+        args["algo"] = "loha"  # LyCORIS's name for it
     return json.dumps(args)
 
 
 def build_metadata(settings: LoRASettings, extra: dict[str, Any]) -> dict[str, str]:
     """kohya ``ss_*`` and ``modelspec.*`` metadata; every value a string, as safetensors requires."""
     metadata = {
-        "ss_network_module": "networks.lora",
+        "ss_network_module": "lycoris.kohya" if settings.adapter == "loha" else "networks.lora",
         "ss_network_dim": str(settings.rank),
         "ss_network_alpha": f"{settings.effective_alpha:g}",
         "ss_network_args": network_args_json(settings),

@@ -642,7 +642,15 @@ class Trainer:
         unet_stems = lora_lib.file_module_stems(weights.tensors, lora_lib.UNET_PREFIX)
         te_stems = lora_lib.file_module_stems(weights.tensors, lora_lib.TEXT_ENCODER_PREFIX)
         if not unet_stems and not te_stems:
-            raise SettingsError(f"{path.name} holds no kohya-format SD1.x LoRA weights (lora_unet_*/lora_te_* .lora_down/.lora_up keys).")
+            raise SettingsError(
+                f"{path.name} holds no kohya-format SD1.x LoRA weights (lora_unet_*/lora_te_* keys with .lora_down/.lora_up or LoHa's .hada_*)."
+            )
+        kinds = lora_lib.file_adapter_types(weights.tensors)
+        if kinds != {self.lora_settings.adapter}:
+            raise SettingsError(
+                f"{path.name} holds {' and '.join(sorted(kinds))} adapters but this run trains {self.lora_settings.adapter}; "
+                f"set the adapter type to {sorted(kinds)[0]} to continue it."
+            )
         ours = {lora_lib.kohya_stem(name, lora_lib.UNET_PREFIX) for name, _ in lora_lib.lora_layers(self.unet)}
         outside = sorted(unet_stems - ours)
         if outside:
@@ -742,13 +750,14 @@ class Trainer:
         lora_lib.inject(
             self.unet, lora_lib.target_pattern(ls.targets), ls.rank, ls.effective_alpha, ls.dropout, "UNet",
             conv_rank=conv_rank, conv_alpha=ls.effective_conv_alpha if conv_rank else None, use_dora=ls.use_dora,
+            adapter=ls.adapter,
         )
         self.text_encoder = self.base.text_encoder
         if self.train_text_encoder:
             self.text_encoder = self._training_copy(self.base.text_encoder, self.unet_dtype)
             lora_lib.inject(
                 self.text_encoder, lora_lib.TEXT_ENCODER_TARGETS, ls.effective_te_rank, ls.effective_te_alpha, ls.dropout,
-                "text encoder", use_dora=ls.use_dora,
+                "text encoder", use_dora=ls.use_dora, adapter=ls.adapter,
             )
         for model in (self.unet, self.text_encoder):
             for parameter in model.parameters():

@@ -31,7 +31,9 @@ class TrainedLoRA(dict):
 
     @property
     def modules(self) -> int:
-        return sum(1 for key in self if key.endswith(".lora_down.weight"))
+        from ..core.lora import TEXT_ENCODER_PREFIX, UNET_PREFIX, file_module_stems
+
+        return len(file_module_stems(self, UNET_PREFIX)) + len(file_module_stems(self, TEXT_ENCODER_PREFIX))
 
     def __repr__(self) -> str:
         meta = self.metadata

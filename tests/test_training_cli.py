@@ -34,3 +34,18 @@ def test_missing_optional_optimizer_ends_with_one_sentence(tmp_path, capsys, mon
     assert code == 2
     assert "needs the bitsandbytes package" in json.loads(captured.out.strip().splitlines()[-1])["error"]
     assert "Traceback" not in captured.err
+
+
+def test_loha_from_the_command_line_saves_lycoris_keys(tmp_path, capsys):
+    import json
+
+    from core import cli
+    from core.lora import read_lora_file
+
+    code = cli.main(["demo", "--workdir", str(tmp_path), "--steps", "2", "--adapter", "loha", "--rank", "2"])
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0, result
+    tensors = read_lora_file(result["lora_path"]).tensors
+    assert tensors and all(key.rsplit(".", 1)[1] in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha") for key in tensors)
+    code = cli.main(["demo", "--workdir", str(tmp_path / "refused"), "--steps", "2", "--adapter", "loha", "--dora"])
+    assert code == 2 and "cannot be combined with LoHa" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
