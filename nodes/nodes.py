@@ -233,12 +233,17 @@ class LoRAConfig:
             "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip": "Dropout on the adapters' input during training; 0 turns it off."}),
             "targets": (["kohya", "attention"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5); attention: to_q/k/v/out only (128)."}),
             "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also train a LoRA on the CLIP text encoder (stronger, slower; turns off the caption cache)."}),
+        }, "optional": {
+            "adapter": (["lora", "loha"], {"default": "lora", "tooltip": "lora: the usual low-rank adapter. loha: LyCORIS LoHa (two low-rank pairs multiplied elementwise; more expressive at the same rank, about twice as slow to train; dropout must be 0). Both load in ComfyUI's LoRA loaders."}),
         }}
 
-    def configure(self, rank, alpha, dropout, targets, train_text_encoder):
+    def configure(self, rank, alpha, dropout, targets, train_text_encoder, adapter="lora"):
         from ..core.lora import LoRASettings
 
-        settings = LoRASettings(rank=int(rank), alpha=float(alpha) if alpha else None, dropout=float(dropout), targets=targets, train_text_encoder=bool(train_text_encoder))
+        settings = LoRASettings(
+            rank=int(rank), alpha=float(alpha) if alpha else None, dropout=float(dropout), targets=targets,
+            train_text_encoder=bool(train_text_encoder), adapter=adapter,
+        )
         settings.validate()
         return (settings,)
 

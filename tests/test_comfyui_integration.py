@@ -215,7 +215,8 @@ def test_train_save_and_sample_with_stock_lora_loader(server):
 
 def test_cancel_then_queue_again_resumes(server):
     data_dir = str(server.base / "input" / "shapes")
-    graph = training_graph(data_dir, steps=6)
+    steps = 60  # a tiny-model step takes ~0.1 s: with fewer, the run could end between the poll and the cancel
+    graph = training_graph(data_dir, steps=steps)
     graph["5"]["inputs"].update(checkpoint_folder="cancel_resume", save_every=0)
     graph["6"]["inputs"]["lora_name"] = "cancel_resume_lora"
     prompt_id = _post(server.url + "/prompt", {"prompt": graph, "client_id": "integration-test"})["prompt_id"]
@@ -239,13 +240,44 @@ def test_cancel_then_queue_again_resumes(server):
     assert "execution_interrupted" in messages
     saved = sorted(p.name for p in (server.base / "models" / "lora_logs" / "cancel_resume").iterdir() if not p.name.startswith("."))
     print("checkpoints after cancel:", saved)
-    assert len(saved) == 1 and 2 <= int(saved[0].split("-")[1]) < 6
+    assert len(saved) == 1 and 2 <= int(saved[0].split("-")[1]) < steps
     stopped_at = int(saved[0].split("-")[1])
 
     resumed = server.run(graph)
     print("re-queued prompt:", resumed["status"]["status_str"])
     assert resumed["status"]["status_str"] == "success", json.dumps(resumed["status"])[:3000]
     run = _get(server.url + "/lora_trainer/last_run/5")
-    assert run["points"] == 6 and run["status"] == "done", "the curve continues from the checkpoint"
+    assert run["points"] == steps and run["status"] == "done", "the curve continues from the checkpoint"
     assert run["resumed_from"] == stopped_at, "queueing again resumed from the checkpoint instead of starting over"
     assert (server.base / "models" / "loras" / "cancel_resume_lora.safetensors").is_file()
+
+
+def test_loha_trains_in_the_graph_and_loads_in_the_stock_loader(server):
+    data_dir = str(server.base / "input" / "shapes")
+    graph = training_graph(data_dir, steps=2)
+    graph["4"]["inputs"]["adapter"] = "loha"
+    graph["5"]["inputs"].update(checkpoint_folder="loha", save_every=0)
+    graph["6"]["inputs"]["lora_name"] = "integration_loha"
+    sampler = {"seed": 1, "steps": 1, "cfg": 1.0, "sampler_name": "euler", "scheduler": "normal", "denoise": 1.0}
+    graph.update({
+        "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "11": {"class_type": "LoraLoaderModelOnly", "inputs": {"model": ["10", 0], "lora_name": "integration_loha.safetensors", "strength_model": 1.0}},
+        "12": {"class_type": "CLIPTextEncode", "inputs": {"clip": ["10", 1], "text": "sks a red circle"}},
+        "13": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "14": {"class_type": "KSampler", "inputs": {**sampler, "model": ["11", 0], "positive": ["12", 0], "negative": ["12", 0], "latent_image": ["13", 0]}},
+        "15": {"class_type": "VAEDecode", "inputs": {"samples": ["14", 0], "vae": ["10", 2]}},
+        "16": {"class_type": "PreviewImage", "inputs": {"images": ["15", 0]}},
+    })
+    lines_before = len(server.text().splitlines())
+    trained = server.run({k: v for k, v in graph.items() if int(k) < 10})  # the file must exist before the loader lists it
+    assert trained["status"]["status_str"] == "success", json.dumps(trained["status"])[:3000]
+    from safetensors import safe_open
+
+    with safe_open(str(server.base / "models" / "loras" / "integration_loha.safetensors"), framework="pt") as handle:
+        assert {key.rsplit(".", 1)[1] for key in handle.keys()} == {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"}
+    sampled = server.run(graph)
+    assert sampled["status"]["status_str"] == "success", json.dumps(sampled["status"])[:3000]
+    new_lines = server.text().splitlines()[lines_before:]
+    not_loaded = [line for line in new_lines if "lora key not loaded" in line]
+    print("LoHa: 'lora key not loaded' lines:", len(not_loaded))
+    assert not_loaded == [], not_loaded[:5]

@@ -13,7 +13,7 @@ from core import tiny
 from node_support import ROOT, Interrupted, StandinComfy, load_suite
 
 suite = load_suite()
-from lora_trainer_suite.core.errors import DatasetError, OutputPathError, TrainerError  # noqa: E402
+from lora_trainer_suite.core.errors import DatasetError, OutputPathError, SettingsError, TrainerError  # noqa: E402
 from lora_trainer_suite.nodes import comfy_bridge, run_log  # noqa: E402
 from lora_trainer_suite.nodes import nodes as N  # noqa: E402
 
@@ -224,6 +224,16 @@ def test_apply_lora_changes_the_model_and_maps_every_key(comfy, dataset_dir, tin
     unchanged, _ = node("ApplyLoRA").apply(model, lora, 0.0, 1.0)
     with torch.no_grad():
         assert torch.allclose(unchanged(sample, torch.tensor([500]), text).sample, before)
+
+
+def test_lora_config_trains_a_loha_when_asked(comfy, dataset_dir):
+    base, data, _ = build_inputs(comfy, dataset_dir)
+    (config,) = node("LoRAConfig").configure(2, 0.0, 0.0, "attention", False, adapter="loha")
+    lora, _ = train(base, data, config, steps=2)
+    assert lora.modules > 0 and all(key.rsplit(".", 1)[1] in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha") for key in lora)
+    assert lora.metadata["ss_network_module"] == "lycoris.kohya"
+    with pytest.raises(SettingsError, match="LoHa adapters have no input dropout"):
+        node("LoRAConfig").configure(2, 0.0, 0.1, "kohya", False, adapter="loha")
 
 
 # --------------------------------------------------------------------------- datasets and captions
