@@ -1,9 +1,10 @@
-"""How a peft DoRA or LoHa trained here merges in ComfyUI's own code (not a test: needs a ComfyUI checkout).
+"""How a peft DoRA, LoHa or LoKr trained here merges in ComfyUI's own code (not a test: needs a ComfyUI checkout).
 
-Step 1, with this project's Python: train a small DoRA and a small LoHa on the tiny model and write
+Step 1, with this project's Python: train a small DoRA, LoHa and LoKr on the tiny model and write
     dora.safetensors      the DoRA as saved (dora_scale = m·‖W‖/‖W+sΔW‖, see core/lora.py)
     dora_raw.safetensors  the same with peft's magnitude m saved unchanged as dora_scale
     loha.safetensors      the LoHa as saved (LyCORIS hada_* keys)
+    lokr.safetensors      the LoKr as saved (LyCORIS lokr_* keys)
     reference_<kind>.safetensors  base weight W and peft's merged weight W' per module stem
         python bench/comfyui_merge_check.py export DIR
 
@@ -21,7 +22,7 @@ from pathlib import Path
 
 # file -> the reference it must merge to
 FILES = {"dora.safetensors": "reference_dora.safetensors", "dora_raw.safetensors": "reference_dora.safetensors",
-         "loha.safetensors": "reference_loha.safetensors"}
+         "loha.safetensors": "reference_loha.safetensors", "lokr.safetensors": "reference_lokr.safetensors"}
 
 
 def export(folder: Path) -> None:
@@ -48,7 +49,7 @@ def export(folder: Path) -> None:
                 for name, layer in lora_lib.lora_layers(model):
                     stem = lora_lib.kohya_stem(name, prefix)
                     weight = layer.get_base_layer().weight.detach().double()
-                    if lora_lib.adapter_type(layer) == "loha":
+                    if lora_lib.adapter_type(layer) != "lora":
                         merged = weight + layer.get_delta_weight(lora_lib.ADAPTER_NAME).detach().double()
                     else:
                         weight, delta, scaling = lora_lib._layer_delta(layer)
@@ -64,6 +65,8 @@ def export(folder: Path) -> None:
     for kind, settings in (
         ("dora", lora_lib.LoRASettings(rank=4, targets="kohya+conv", use_dora=True, train_text_encoder=True)),
         ("loha", lora_lib.LoRASettings(rank=4, targets="kohya+conv", adapter="loha", train_text_encoder=True)),
+        # rank 2 with alpha 1 for the layers (LoKr's second factor a low-rank pair), conv rank 4 (both factors whole)
+        ("lokr", lora_lib.LoRASettings(rank=2, alpha=1.0, targets="kohya+conv", conv_rank=4, conv_alpha=1.5, adapter="lokr", train_text_encoder=True)),
     ):
         trainer = Exporting(base, dataset, settings, TrainSettings(steps=30, learning_rate=1e-2, resolution=64, batch_size=2, lr_scheduler="constant", seed=1))
         result = trainer.run()

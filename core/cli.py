@@ -80,7 +80,8 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--conv-rank", type=int, default=None, help="rank of 3x3 conv adapters with --targets kohya+conv (default: --rank)")
     group.add_argument("--conv-alpha", type=float, default=None, help="alpha of the conv adapters (default: the conv rank)")
     group.add_argument("--dora", action="store_true", help="weight-decomposed LoRA (DoRA); saved with .dora_scale keys")
-    group.add_argument("--adapter", default="lora", choices=["lora", "loha"], help="lora, or loha (LyCORIS LoHa: two rank-r pairs multiplied elementwise; saved with .hada_* keys)")
+    group.add_argument("--adapter", default="lora", choices=["lora", "loha", "lokr"],
+                       help="lora, loha (LyCORIS LoHa: two rank-r pairs multiplied elementwise; .hada_* keys) or lokr (LyCORIS LoKr: a Kronecker product; .lokr_* keys)")
     group.add_argument("--init-lora", default=None, help="continue from an existing LoRA file (ours or kohya-format); its ss_steps is where the step count starts")
     group.add_argument("--keep-last", type=int, default=0, help="keep only the newest K checkpoints (default 0: keep all)")
     group.add_argument("--sample-every", type=int, default=0, help="preview images every N steps, saved under the checkpoint folder")

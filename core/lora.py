@@ -3,10 +3,10 @@
 peft does the adapter math; this module decides which modules get adapters
 and turns peft's layers into the kohya key layout (``lora_unet_*``,
 ``lora_te_*`` with ``.lora_down``/``.lora_up``/``.alpha``) that ComfyUI,
-A1111/Forge and diffusers all read. LoHa adapters (peft's LoHa, LyCORIS's
-``algo=loha``) save LyCORIS's ``.hada_w1_a/.hada_w1_b/.hada_w2_a/.hada_w2_b``
-under the same module names, which ComfyUI and A1111/Forge read too. peft's own
-key names are never saved: ComfyUI silently ignores them.
+A1111/Forge and diffusers all read. LoHa and LoKr adapters (peft's, LyCORIS's
+``algo=loha``/``lokr``) save LyCORIS's ``.hada_*`` / ``.lokr_*`` keys under the
+same module names, which ComfyUI and A1111/Forge read too. peft's own key names
+are never saved: ComfyUI silently ignores them.
 """
 from __future__ import annotations
 
@@ -38,12 +38,16 @@ UNET_TARGET_PRESETS = {
 TEXT_ENCODER_TARGETS = r".*encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|out_proj)|mlp\.(fc1|fc2))"
 UNET_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te_"
-ADAPTER_TYPES = ("lora", "loha")
-# The tensors each adapter type saves per module (LyCORIS names for LoHa); the first one marks the type in a file.
+ADAPTER_TYPES = ("lora", "loha", "lokr")
+# The tensors each adapter type may save per module (LyCORIS names for LoHa and LoKr: a LoKr factor is
+# either whole, lokr_w1, or a low-rank pair, lokr_w1_a @ lokr_w1_b).
 ADAPTER_KEYS = {
     "lora": ("lora_down.weight", "lora_up.weight"),
     "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
+    "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
 }
+# Keys that mark a module of that type in a file (every module has one of them).
+ADAPTER_MARKERS = {"lora": ("lora_down.weight",), "loha": ("hada_w1_a",), "lokr": ("lokr_w1", "lokr_w1_a")}
 
 
 @dataclass(frozen=True)
@@ -57,7 +61,7 @@ class LoRASettings:
     conv_rank: int | None = None  # rank of 3x3 conv adapters (LoCon); None means the LoRA rank
     conv_alpha: float | None = None  # None means alpha = conv rank
     use_dora: bool = False  # weight-decomposed LoRA (peft use_dora), saved with .dora_scale keys
-    adapter: str = "lora"  # "loha": a Hadamard product of two low-rank pairs (LyCORIS LoHa), rank r each
+    adapter: str = "lora"  # "loha": Hadamard product of two rank-r pairs (LyCORIS LoHa); "lokr": Kronecker product (LoKr)
 
     @property
     def effective_alpha(self) -> float:
@@ -93,17 +97,18 @@ class LoRASettings:
             raise SettingsError(f"Conv alpha must be positive, got {self.conv_alpha}.")
         if self.adapter not in ADAPTER_TYPES:
             raise SettingsError(f"The adapter type must be one of {', '.join(ADAPTER_TYPES)}, got {self.adapter!r}.")
-        if self.adapter == "loha" and self.use_dora:
-            raise SettingsError("DoRA is a kind of LoRA; it cannot be combined with LoHa.")
-        if self.adapter == "loha" and self.dropout:
-            raise SettingsError("LoHa adapters have no input dropout; set dropout to 0.")
+        kind = {"loha": "LoHa", "lokr": "LoKr"}.get(self.adapter)
+        if kind and self.use_dora:
+            raise SettingsError(f"DoRA is a kind of LoRA; it cannot be combined with {kind}.")
+        if kind and self.dropout:
+            raise SettingsError(f"{kind} adapters have no input dropout; set dropout to 0.")
         target_pattern(self.targets)
 
     def __repr__(self) -> str:
         te = f", text encoder rank {self.effective_te_rank}" if self.train_text_encoder else ""
         conv = f", conv rank {self.effective_conv_rank}" if self.targets == "kohya+conv" or self.conv_rank else ""
         dora = ", DoRA" if self.use_dora else ""
-        kind = ", LoHa" if self.adapter == "loha" else ""
+        kind = {"loha": ", LoHa", "lokr": ", LoKr"}.get(self.adapter, "")
         return f"LoRAConfig(rank {self.rank}, alpha {self.effective_alpha:g}, {self.targets} targets{conv}{te}{dora}{kind})"
 
 
@@ -161,10 +166,11 @@ def inject(
     """Add a trainable adapter to every Linear/Conv2d whose full name matches ``pattern``.
 
     Convs with a kernel larger than 1x1 get ``conv_rank``/``conv_alpha`` when given
-    (kohya's conv_dim/conv_alpha); ``use_dora`` makes them DoRA adapters; ``adapter="loha"``
-    makes them LoHa adapters (convolutions flattened to out x in*k*k, as ComfyUI rebuilds them).
+    (kohya's conv_dim/conv_alpha); ``use_dora`` makes them DoRA adapters; ``adapter="loha"`` or
+    ``"lokr"`` makes them LoHa or LoKr adapters, in the forms ComfyUI rebuilds (convolutions
+    without the Tucker core; LoKr's first factor whole, its second a rank-r pair where that is smaller).
     """
-    from peft import LoHaConfig, LoraConfig, inject_adapter_in_model
+    from peft import LoHaConfig, LoKrConfig, LoraConfig, inject_adapter_in_model
 
     names = _check_rank(model, pattern, rank, what, conv_rank)
     rank_pattern, alpha_pattern = {}, {}
@@ -179,6 +185,11 @@ def inject(
         config = LoHaConfig(
             r=rank, alpha=alpha, target_modules=names, init_weights=True, use_effective_conv2d=False,
             rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
+        )
+    elif adapter == "lokr":
+        config = LoKrConfig(
+            r=rank, alpha=alpha, target_modules=names, init_weights=True, use_effective_conv2d=False,
+            decompose_both=False, rank_pattern=rank_pattern, alpha_pattern=alpha_pattern,
         )
     else:
         config = LoraConfig(
@@ -201,11 +212,25 @@ def lora_layers(model: torch.nn.Module):
 
 
 def adapter_type(layer) -> str:
-    return "loha" if hasattr(layer, "hada_w1_a") else "lora"
+    return "loha" if hasattr(layer, "hada_w1_a") else "lokr" if hasattr(layer, "lokr_w1") else "lora"
 
 
-def _loha_tensors(layer) -> dict[str, torch.nn.Parameter]:
-    return {key: getattr(layer, key)[ADAPTER_NAME] for key in ADAPTER_KEYS["loha"]}
+def _lycoris_tensors(layer) -> dict[str, torch.nn.Parameter]:
+    """A LoHa or LoKr layer's trained tensors under their LyCORIS key names (LoKr: those its shapes use)."""
+    keys = ADAPTER_KEYS[adapter_type(layer)]
+    return {key: getattr(layer, key)[ADAPTER_NAME] for key in keys if ADAPTER_NAME in getattr(layer, key)}
+
+
+def _lycoris_file_scale(tensors: dict[str, torch.Tensor], stem: str) -> float:
+    """The factor ComfyUI (comfy/weight_adapter) multiplies a LoHa or LoKr module's product by.
+
+    LoHa: alpha / rank. LoKr: alpha / rank only when a factor is a low-rank pair (rank: that pair's
+    inner size), else 1 whatever alpha says (LyCORIS's own rule too).
+    """
+    rank_from = [key for key in ("hada_w1_b", "lokr_w2_b", "lokr_w1_b") if f"{stem}.{key}" in tensors]
+    if not rank_from or f"{stem}.alpha" not in tensors:
+        return 1.0
+    return float(tensors[f"{stem}.alpha"]) / tensors[f"{stem}.{rank_from[0]}"].shape[0]
 
 
 def set_adapters_enabled(model: torch.nn.Module, enabled: bool) -> None:
@@ -274,12 +299,8 @@ def kohya_state_dict(model: torch.nn.Module, prefix: str) -> dict[str, torch.Ten
     tensors = {}
     for name, layer in lora_layers(model):
         stem = kohya_stem(name, prefix)
-        if adapter_type(layer) == "loha":
-            # ComfyUI rebuilds ΔW = (w1_a @ w1_b) * (w2_a @ w2_b) * alpha / w1_b.shape[0]: peft's LoHa with scaling alpha / r.
-            for key, tensor in _loha_tensors(layer).items():
-                tensors[f"{stem}.{key}"] = tensor.detach().float().cpu().contiguous()
-            rank = layer.hada_w1_b[ADAPTER_NAME].shape[0]
-            tensors[f"{stem}.alpha"] = torch.tensor(float(layer.scaling[ADAPTER_NAME] * rank), dtype=torch.float32)
+        if adapter_type(layer) != "lora":
+            tensors.update(_lycoris_state(layer, stem))
             continue
         down = layer.lora_A[ADAPTER_NAME].weight.detach().float().cpu()
         up = layer.lora_B[ADAPTER_NAME].weight.detach().float().cpu()
@@ -292,6 +313,23 @@ def kohya_state_dict(model: torch.nn.Module, prefix: str) -> dict[str, torch.Ten
     return tensors
 
 
+def _lycoris_state(layer, stem: str) -> dict[str, torch.Tensor]:
+    """One LoHa/LoKr module in LyCORIS keys, such that ComfyUI rebuilds peft's ΔW = scaling · product.
+
+    ComfyUI's product is (w1_a @ w1_b) * (w2_a @ w2_b) for LoHa and kron(w1, w2) for LoKr, times
+    ``_lycoris_file_scale``. Where that ignores alpha (a LoKr with both factors whole), peft's
+    scaling goes into lokr_w2 and alpha is written as the rank, which LyCORIS reads as scale 1 too.
+    """
+    state = {f"{stem}.{key}": tensor.detach().float().cpu().contiguous() for key, tensor in _lycoris_tensors(layer).items()}
+    scaling = float(layer.scaling[ADAPTER_NAME])
+    rank = int(layer.r[ADAPTER_NAME])
+    state[f"{stem}.alpha"] = torch.tensor(float(scaling * rank), dtype=torch.float32)
+    if _lycoris_file_scale(state, stem) == 1.0 and scaling != 1.0:
+        state[f"{stem}.lokr_w2"] = (state[f"{stem}.lokr_w2"].double() * scaling).float()
+        state[f"{stem}.alpha"] = torch.tensor(float(rank), dtype=torch.float32)
+    return state
+
+
 def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> int:
     """Copy kohya-format weights into the injected adapters; returns how many modules matched.
 
@@ -302,8 +340,8 @@ def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pr
     matched = 0
     for name, layer in lora_layers(model):
         stem = kohya_stem(name, prefix)
-        if adapter_type(layer) == "loha":
-            matched += _load_loha_into(layer, stem, tensors)
+        if adapter_type(layer) != "lora":
+            matched += _load_lycoris_into(layer, stem, tensors)
             continue
         if f"{stem}.lora_down.weight" not in tensors:
             continue
@@ -330,34 +368,37 @@ def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], pr
     return matched
 
 
-def _load_loha_into(layer, stem: str, tensors: dict[str, torch.Tensor]) -> int:
-    """Copy one module's LoHa tensors; an alpha that differs is folded into ``hada_w1_a``. Returns 1, or 0 if absent."""
-    if f"{stem}.hada_w1_a" not in tensors:
+def _load_lycoris_into(layer, stem: str, tensors: dict[str, torch.Tensor]) -> int:
+    """Copy one module's LoHa/LoKr tensors; a file scale that differs from ours is folded into the first
+    factor (hada_w1_a, lokr_w1 or lokr_w1_a), keeping ComfyUI's ΔW. Returns 1, or 0 if the file lacks the module."""
+    targets = _lycoris_tensors(layer)
+    if not any(f"{stem}.{key}" in tensors for key in targets):
         return 0
-    targets = _loha_tensors(layer)
+    kind = {"loha": "LoHa", "lokr": "LoKr"}[adapter_type(layer)]
     for key, target in targets.items():
-        if tensors[f"{stem}.{key}"].shape != target.shape:
+        saved = tensors.get(f"{stem}.{key}")
+        if saved is None or saved.shape != target.shape:
+            found = {k.rsplit(".", 1)[1]: tuple(v.shape) for k, v in tensors.items() if k.startswith(stem + ".") and not k.endswith(".alpha")}
             raise SettingsError(
-                f"The LoHa file's {stem}.{key} has shape {tuple(tensors[f'{stem}.{key}'].shape)} but this run's adapter there "
-                f"has {tuple(target.shape)}; set the rank (and conv rank) to the file's."
+                f"The {kind} file's {stem} has {found} but this run's adapter there has "
+                f"{ {k: tuple(v.shape) for k, v in targets.items()} }; set the rank (and conv rank) to the file's."
             )
-    rank = targets["hada_w1_b"].shape[0]
-    file_scale = float(tensors[f"{stem}.alpha"]) / rank if f"{stem}.alpha" in tensors else 1.0
-    our_scale = float(layer.scaling[ADAPTER_NAME])
+    scale_ratio = _lycoris_file_scale(tensors, stem) / float(layer.scaling[ADAPTER_NAME])
+    first = next(iter(targets))
     with torch.no_grad():
         for key, target in targets.items():
             value = tensors[f"{stem}.{key}"]
-            target.copy_(value.double() * (file_scale / our_scale) if key == "hada_w1_a" and file_scale != our_scale else value)
+            target.copy_(value.double() * scale_ratio if key == first and scale_ratio != 1.0 else value)
     return 1
 
 
 def file_adapter_types(tensors: dict[str, torch.Tensor]) -> set[str]:
     """Which adapter types a kohya/LyCORIS file holds (empty if none we know)."""
-    return {kind for kind, keys in ADAPTER_KEYS.items() if any(k.endswith(f".{keys[0]}") for k in tensors)}
+    return {kind for kind, markers in ADAPTER_MARKERS.items() if any(k.endswith(f".{m}") for k in tensors for m in markers)}
 
 
 def file_module_stems(tensors: dict[str, torch.Tensor], prefix: str) -> set[str]:
-    markers = [f".{keys[0]}" for keys in ADAPTER_KEYS.values()]
+    markers = [f".{marker}" for markers in ADAPTER_MARKERS.values() for marker in markers]
     return {k.rsplit(".", 2 if k.endswith(".weight") else 1)[0] for k in tensors if k.startswith(prefix) and any(k.endswith(m) for m in markers)}
 
 
@@ -464,15 +505,15 @@ def network_args_json(settings: LoRASettings) -> str:
         # LyCORIS's name; dora_scale holds m·‖W‖/‖W+ΔW‖ per output row (see dora_scale_for_comfyui).
         args["dora_wd"] = "True"
         args["dora_scale_convention"] = "comfyui-output-axis"
-    if settings.adapter == "loha":
-        args["algo"] = "loha"  # LyCORIS's name for it
+    if settings.adapter != "lora":
+        args["algo"] = settings.adapter  # LyCORIS's names: loha, lokr
     return json.dumps(args)
 
 
 def build_metadata(settings: LoRASettings, extra: dict[str, Any]) -> dict[str, str]:
     """kohya ``ss_*`` and ``modelspec.*`` metadata; every value a string, as safetensors requires."""
     metadata = {
-        "ss_network_module": "lycoris.kohya" if settings.adapter == "loha" else "networks.lora",
+        "ss_network_module": "networks.lora" if settings.adapter == "lora" else "lycoris.kohya",
         "ss_network_dim": str(settings.rank),
         "ss_network_alpha": f"{settings.effective_alpha:g}",
         "ss_network_args": network_args_json(settings),

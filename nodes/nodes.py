@@ -234,7 +234,7 @@ class LoRAConfig:
             "targets": (["kohya", "attention"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5); attention: to_q/k/v/out only (128)."}),
             "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also train a LoRA on the CLIP text encoder (stronger, slower; turns off the caption cache)."}),
         }, "optional": {
-            "adapter": (["lora", "loha"], {"default": "lora", "tooltip": "lora: the usual low-rank adapter. loha: LyCORIS LoHa (two low-rank pairs multiplied elementwise; more expressive at the same rank, about twice as slow to train; dropout must be 0). Both load in ComfyUI's LoRA loaders."}),
+            "adapter": (["lora", "loha", "lokr"], {"default": "lora", "tooltip": "lora: the usual low-rank adapter. loha: LyCORIS LoHa (two low-rank pairs multiplied elementwise; more expressive at the same rank, about twice as slow to train). lokr: LyCORIS LoKr (a Kronecker product; small files). LoHa and LoKr need dropout 0. All load in ComfyUI's LoRA loaders."}),
         }}
 
     def configure(self, rank, alpha, dropout, targets, train_text_encoder, adapter="lora"):

@@ -1,11 +1,13 @@
-"""Adapter types (LoRA, LoCon, DoRA, LoHa, regex targets): saved keys and round trips.
+"""Adapter types (LoRA, LoCon, DoRA, LoHa, LoKr, regex targets): saved keys and round trips.
 
 The reference loader below is written from ComfyUI's documented behaviour, not
 from our exporter: ComfyUI maps ``lora_unet_<diffusers module path with _>``
 and ``lora_te_text_model_<path with _>`` onto modules and merges
 W + (alpha/rank)·up·down; for LoHa (comfy/weight_adapter/loha.py) W + (alpha/r)·
 (hada_w1_a @ hada_w1_b) * (hada_w2_a @ hada_w2_b) reshaped like W, r = hada_w1_b's
-first dimension; for DoRA ``weight_decompose`` in
+first dimension; for LoKr (lokr.py) W + s·kron(w1, w2) reshaped like W, where each factor
+is lokr_wN or lokr_wN_a @ lokr_wN_b, w1 gets two trailing axes when w2 is 4-D, and s is
+alpha / (w2_b's, else w1_b's, first dimension), or 1 when both factors are whole; for DoRA ``weight_decompose`` in
 comfy/weight_adapter/base.py: dora_scale·(W + sΔW)/‖W‖ when dora_scale has one
 row per output (its output-axis branch), else dora_scale·(W + sΔW)/‖W + sΔW‖
 per input column. A key it cannot map is "lora key not loaded".
@@ -51,6 +53,8 @@ def comfy_merge(unet, text_encoder, tensors, dora_scale_override=None) -> list[s
                 w1a, w1b, w2a, w2b = (tensors[f"{stem}.hada_{k}"].double() for k in ("w1_a", "w1_b", "w2_a", "w2_b"))
                 scale = float(tensors[f"{stem}.alpha"]) / w1b.shape[0] if f"{stem}.alpha" in tensors else 1.0
                 diff = ((w1a @ w1b) * (w2a @ w2b)).reshape(weight.shape)
+            elif f"{stem}.lokr_w1" in tensors or f"{stem}.lokr_w1_a" in tensors:
+                scale, diff = comfy_lokr(tensors, stem, weight.shape)
             else:
                 up, down = tensors[f"{stem}.lora_up.weight"].double(), tensors[f"{stem}.lora_down.weight"].double()
                 scale = float(tensors[f"{stem}.alpha"]) / down.shape[0] if f"{stem}.alpha" in tensors else 1.0
@@ -70,6 +74,22 @@ def comfy_merge(unet, text_encoder, tensors, dora_scale_override=None) -> list[s
                 merged = combined * (dora_scale / norm)
             weight.copy_(merged.to(weight.dtype))
     return not_loaded
+
+
+def comfy_lokr(tensors, stem, shape):
+    """(scale, kron(w1, w2) reshaped) as comfy/weight_adapter/lokr.py computes them."""
+    factors, rank = [], None
+    for n in ("1", "2"):
+        if f"{stem}.lokr_w{n}" in tensors:
+            factors.append(tensors[f"{stem}.lokr_w{n}"].double())
+        else:
+            rank = tensors[f"{stem}.lokr_w{n}_b"].shape[0]
+            factors.append(tensors[f"{stem}.lokr_w{n}_a"].double() @ tensors[f"{stem}.lokr_w{n}_b"].double())
+    w1, w2 = factors
+    if w2.ndim == 4:
+        w1 = w1[:, :, None, None]
+    scale = float(tensors[f"{stem}.alpha"]) / rank if rank is not None and f"{stem}.alpha" in tensors else 1.0
+    return scale, torch.kron(w1, w2).reshape(shape)
 
 
 def kohya_expected_stems(unet, conv: bool) -> list[str]:
@@ -179,35 +199,43 @@ def test_dora_resume_is_exact(tiny_base, shapes, tmp_path):
         assert (resumed.lora.tensors[key] - value).abs().max() <= 1e-6, key
 
 
-LOHA_KEYS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha")
+LYCORIS_KEYS = {"loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+                "lokr": {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}}
+MARKER = {"loha": ".hada_w1_a", "lokr": ".alpha"}
 
 
-def test_loha_round_trip_through_comfyui_formula(tiny_base, shapes, tmp_path):
-    settings = LoRASettings(rank=2, targets="kohya+conv", conv_rank=3, conv_alpha=1.5, adapter="loha", train_text_encoder=True)
+@pytest.mark.parametrize("adapter", ["loha", "lokr"])
+def test_lycoris_round_trip_through_comfyui_formula(tiny_base, shapes, tmp_path, adapter):
+    settings = LoRASettings(rank=2, alpha=1.0, targets="kohya+conv", conv_rank=4, conv_alpha=1.5, adapter=adapter, train_text_encoder=True)
     result = ProbeTrainer(tiny_base, shapes, settings, TrainSettings(**QUICK)).run()
-    weights = read_lora_file(save_lora_file(result.lora, tmp_path / "loha.safetensors"))
-    unet_stems = saved_stems(weights.tensors, marker=".hada_w1_a")
-    te_stems = saved_stems(weights.tensors, "lora_te_", marker=".hada_w1_a")
+    weights = read_lora_file(save_lora_file(result.lora, tmp_path / f"{adapter}.safetensors"))
+    unet_stems = saved_stems(weights.tensors, marker=MARKER[adapter])
+    te_stems = saved_stems(weights.tensors, "lora_te_", marker=MARKER[adapter])
     assert unet_stems == kohya_expected_stems(tiny_base.unet, True) and len(te_stems) == 12
-    assert set(weights.tensors) == {f"{stem}.{key}" for stem in unet_stems + te_stems for key in LOHA_KEYS}
-    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
-    assert weights.tensors[f"{conv}.hada_w1_b"].shape == (3, 32 * 9), "3x3 convs: conv rank, flattened like ComfyUI reshapes"
-    assert float(weights.tensors[f"{conv}.alpha"]) == 1.5
+    assert {key.rsplit(".", 1)[1] for key in weights.tensors} <= LYCORIS_KEYS[adapter]
     assert result.lora.unet_modules == len(unet_stems) and result.lora.text_encoder_modules == 12
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    if adapter == "loha":
+        assert weights.tensors[f"{conv}.hada_w1_b"].shape == (4, 32 * 9), "3x3 convs: conv rank, flattened like ComfyUI reshapes"
+        assert float(weights.tensors[f"{conv}.alpha"]) == 1.5
+    else:  # both forms of LoKr's second factor occur, so both of ComfyUI's scale rules are exercised
+        assert f"{conv}.lokr_w2" in weights.tensors and weights.tensors[f"{conv}.lokr_w2"].ndim == 4, "rank 4 >= half the factor: w2 whole"
+        assert "lora_unet_down_blocks_0_attentions_0_proj_in.lokr_w2_a" in weights.tensors, "rank 2: w2 as a low-rank pair"
     merged, merged_te = compare_round_trip(tiny_base, weights.tensors, ProbeTrainer.probe)
     assert (merged - ProbeTrainer.probe["unet"]).abs().max() <= 1e-4
     assert (merged_te - ProbeTrainer.probe["text_encoder"]).abs().max() <= 1e-4
-    assert weights.metadata["ss_network_module"] == "lycoris.kohya" and '"algo": "loha"' in weights.metadata["ss_network_args"]
+    assert weights.metadata["ss_network_module"] == "lycoris.kohya" and f'"algo": "{adapter}"' in weights.metadata["ss_network_args"]
 
 
-def test_loha_resume_is_exact(tiny_base, shapes, tmp_path):
-    lora_settings = LoRASettings(rank=2, targets="kohya+conv", adapter="loha", train_text_encoder=True)
+@pytest.mark.parametrize("adapter", ["loha", "lokr"])
+def test_lycoris_resume_is_exact(tiny_base, shapes, tmp_path, adapter):
+    lora_settings = LoRASettings(rank=2, targets="kohya+conv", adapter=adapter, train_text_encoder=True)
     settings = TrainSettings(**{**QUICK, "steps": 4, "learning_rate": 5e-3})
     reference = train(tiny_base, shapes, lora_settings, settings)
     stopped = {"flag": False}
     train(tiny_base, shapes, lora_settings, settings, checkpoint_dir=tmp_path / "ck",
           progress=lambda e: stopped.update(flag=stopped["flag"] or (e.phase == "train" and e.step >= 2)), should_stop=lambda: stopped["flag"])
-    with pytest.raises(TrainerError, match="LoRA adapter 'loha' vs 'lora'"):
+    with pytest.raises(TrainerError, match=f"LoRA adapter '{adapter}' vs 'lora'"):
         train(tiny_base, shapes, LoRASettings(rank=2, targets="kohya+conv", train_text_encoder=True), settings, resume_from=tmp_path / "ck")
     resumed = train(tiny_base, shapes, lora_settings, settings, checkpoint_dir=tmp_path / "ck", resume_from=tmp_path / "ck")
     assert resumed.resumed_from_step == 2
@@ -263,40 +291,48 @@ def test_init_lora_continues_step_count_and_keeps_the_update(tiny_base, shapes, 
     assert continued.lora.metadata["ss_steps"] == "5" and continued.lora.metadata["ss_network_weights"] == "first.safetensors"
 
 
-class LoHaInitProbe(Trainer):
-    """Stops right after the initial LoHa file is loaded, keeping each adapter's ΔW (peft's own computation)."""
+class LycorisInitProbe(Trainer):
+    """Stops right after the initial LoHa/LoKr file is loaded, keeping each adapter's ΔW (peft's own computation)."""
 
     deltas = None
 
     def _fast_forward_schedule(self, step):
-        LoHaInitProbe.deltas = {
+        LycorisInitProbe.deltas = {
             lora_lib.kohya_stem(name, "lora_unet_"): layer.get_delta_weight(lora_lib.ADAPTER_NAME).detach().double()
             for name, layer in lora_lib.lora_layers(self.unet)
         }
         raise LoadedOnly
 
 
-def test_init_loha_keeps_the_update_of_a_file_with_another_alpha(tiny_base, shapes, tmp_path):
-    settings = LoRASettings(rank=2, adapter="loha")
+@pytest.mark.parametrize("adapter", ["loha", "lokr"])
+def test_init_lycoris_keeps_the_update_of_a_file_with_another_alpha(tiny_base, shapes, tmp_path, adapter):
+    settings = LoRASettings(rank=2, targets="kohya+conv", conv_rank=4, adapter=adapter)
     first = train(tiny_base, shapes, settings, TrainSettings(**QUICK))
     foreign = {k: v.clone() for k, v in first.lora.tensors.items()}
-    for stem in saved_stems(foreign, marker=".hada_w1_a"):  # the same update, written with alpha 1
-        foreign[f"{stem}.hada_w1_a"] *= 2.0
+    for stem in saved_stems(foreign, marker=".alpha"):  # the same update as written with alpha 1
+        old_scale = lora_lib._lycoris_file_scale(foreign, stem)
         foreign[f"{stem}.alpha"] = torch.tensor(1.0)
-    path = save_lora_file(lora_lib.LoRAWeights(foreign, {"ss_steps": "3"}), tmp_path / "foreign_loha.safetensors")
+        first_key = next(k for k in (".hada_w1_a", ".lokr_w1", ".lokr_w1_a") if stem + k in foreign)
+        foreign[stem + first_key] *= old_scale / lora_lib._lycoris_file_scale(foreign, stem)
+    path = save_lora_file(lora_lib.LoRAWeights(foreign, {"ss_steps": "3"}), tmp_path / "foreign.safetensors")
     with pytest.raises(LoadedOnly):
-        LoHaInitProbe(tiny_base, shapes, settings, TrainSettings(**{**QUICK, "steps": 5}), init_lora=path).run()
-    tensors = first.lora.tensors
-    for stem in saved_stems(tensors, marker=".hada_w1_a"):
-        w1a, w1b, w2a, w2b = (tensors[f"{stem}.hada_{k}"].double() for k in ("w1_a", "w1_b", "w2_a", "w2_b"))
-        expected = float(tensors[f"{stem}.alpha"]) / w1b.shape[0] * (w1a @ w1b) * (w2a @ w2b)
-        assert (LoHaInitProbe.deltas[stem].flatten(1) - expected).abs().max() <= 1e-6, stem
-    assert float((expected).abs().max()) > 0, "the trained update is not zero, so the comparison means something"
+        LycorisInitProbe(tiny_base, shapes, settings, TrainSettings(**{**QUICK, "steps": 5}), init_lora=path).run()
+    largest = 0.0
+    for stem, delta in LycorisInitProbe.deltas.items():
+        if adapter == "loha":
+            w1a, w1b, w2a, w2b = (first.lora.tensors[f"{stem}.hada_{k}"].double() for k in ("w1_a", "w1_b", "w2_a", "w2_b"))
+            expected = lora_lib._lycoris_file_scale(first.lora.tensors, stem) * ((w1a @ w1b) * (w2a @ w2b)).reshape(delta.shape)
+        else:
+            scale, product = comfy_lokr(first.lora.tensors, stem, delta.shape)
+            expected = scale * product
+        assert (delta - expected).abs().max() <= 1e-6, stem
+        largest = max(largest, float(expected.abs().max()))
+    assert largest > 0, "the trained update is not zero, so the comparison means something"
     lora_file = save_lora_file(train(tiny_base, shapes, LoRASettings(rank=2), TrainSettings(**QUICK)).lora, tmp_path / "lora.safetensors")
-    with pytest.raises(SettingsError, match="holds lora adapters but this run trains loha; set the adapter type to lora"):
+    with pytest.raises(SettingsError, match=f"holds lora adapters but this run trains {adapter}; set the adapter type to lora"):
         train(tiny_base, shapes, settings, TrainSettings(**{**QUICK, "steps": 5}), init_lora=lora_file)
-    with pytest.raises(SettingsError, match="holds loha adapters but this run trains lora"):
-        train(tiny_base, shapes, LoRASettings(rank=2), TrainSettings(**{**QUICK, "steps": 5}), init_lora=path)
+    with pytest.raises(SettingsError, match=f"holds {adapter} adapters but this run trains lora"):
+        train(tiny_base, shapes, LoRASettings(rank=2, targets="kohya+conv"), TrainSettings(**{**QUICK, "steps": 5}), init_lora=path)
 
 
 def test_init_lora_mismatches_are_refused(tiny_base, shapes, tmp_path):
@@ -317,12 +353,14 @@ def test_bad_targets_are_refused():
         LoRASettings(targets="attn(").validate()
     with pytest.raises(SettingsError, match="Conv rank must be"):
         LoRASettings(targets="kohya+conv", conv_rank=0).validate()
-    with pytest.raises(SettingsError, match="adapter type must be one of lora, loha, got 'lokr'"):
-        LoRASettings(adapter="lokr").validate()
+    with pytest.raises(SettingsError, match="adapter type must be one of lora, loha, lokr, got 'locon'"):
+        LoRASettings(adapter="locon").validate()
     with pytest.raises(SettingsError, match="cannot be combined with LoHa"):
         LoRASettings(adapter="loha", use_dora=True).validate()
     with pytest.raises(SettingsError, match="LoHa adapters have no input dropout"):
         LoRASettings(adapter="loha", dropout=0.1).validate()
+    with pytest.raises(SettingsError, match="cannot be combined with LoKr"):
+        LoRASettings(adapter="lokr", use_dora=True).validate()
 
 
 def test_regex_that_also_matches_containers_adapts_only_layers(tiny_base):

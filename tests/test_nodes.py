@@ -226,14 +226,15 @@ def test_apply_lora_changes_the_model_and_maps_every_key(comfy, dataset_dir, tin
         assert torch.allclose(unchanged(sample, torch.tensor([500]), text).sample, before)
 
 
-def test_lora_config_trains_a_loha_when_asked(comfy, dataset_dir):
+@pytest.mark.parametrize("adapter, prefix", [("loha", "hada_"), ("lokr", "lokr_")])
+def test_lora_config_trains_lycoris_adapters_when_asked(comfy, dataset_dir, adapter, prefix):
     base, data, _ = build_inputs(comfy, dataset_dir)
-    (config,) = node("LoRAConfig").configure(2, 0.0, 0.0, "attention", False, adapter="loha")
+    (config,) = node("LoRAConfig").configure(2, 0.0, 0.0, "attention", False, adapter=adapter)
     lora, _ = train(base, data, config, steps=2)
-    assert lora.modules > 0 and all(key.rsplit(".", 1)[1] in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha") for key in lora)
+    assert lora.modules > 0 and all(key.rsplit(".", 1)[1].startswith(prefix) or key.endswith(".alpha") for key in lora)
     assert lora.metadata["ss_network_module"] == "lycoris.kohya"
-    with pytest.raises(SettingsError, match="LoHa adapters have no input dropout"):
-        node("LoRAConfig").configure(2, 0.0, 0.1, "kohya", False, adapter="loha")
+    with pytest.raises(SettingsError, match="adapters have no input dropout"):
+        node("LoRAConfig").configure(2, 0.0, 0.1, "kohya", False, adapter=adapter)
 
 
 # --------------------------------------------------------------------------- datasets and captions

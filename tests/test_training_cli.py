@@ -1,4 +1,6 @@
 """The training-depth command-line flags reach the settings."""
+import pytest
+
 from core.cli import _settings_from, build_parser
 
 
@@ -36,16 +38,22 @@ def test_missing_optional_optimizer_ends_with_one_sentence(tmp_path, capsys, mon
     assert "Traceback" not in captured.err
 
 
-def test_loha_from_the_command_line_saves_lycoris_keys(tmp_path, capsys):
+LYCORIS_KEYS = {"loha": {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha"},
+                "lokr": {"lokr_w1", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "alpha"}}
+
+
+@pytest.mark.parametrize("adapter", ["loha", "lokr"])
+def test_lycoris_adapters_from_the_command_line_save_lycoris_keys(tmp_path, capsys, adapter):
     import json
 
     from core import cli
     from core.lora import read_lora_file
 
-    code = cli.main(["demo", "--workdir", str(tmp_path), "--steps", "2", "--adapter", "loha", "--rank", "2"])
+    code = cli.main(["demo", "--workdir", str(tmp_path), "--steps", "2", "--adapter", adapter, "--rank", "2"])
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0, result
     tensors = read_lora_file(result["lora_path"]).tensors
-    assert tensors and all(key.rsplit(".", 1)[1] in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "alpha") for key in tensors)
-    code = cli.main(["demo", "--workdir", str(tmp_path / "refused"), "--steps", "2", "--adapter", "loha", "--dora"])
-    assert code == 2 and "cannot be combined with LoHa" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
+    assert tensors and {key.rsplit(".", 1)[1] for key in tensors} <= LYCORIS_KEYS[adapter]
+    assert any(key.endswith(".alpha") for key in tensors) and not any("lora_down" in key for key in tensors)
+    code = cli.main(["demo", "--workdir", str(tmp_path / "refused"), "--steps", "2", "--adapter", adapter, "--dora"])
+    assert code == 2 and "cannot be combined with Lo" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["error"]
