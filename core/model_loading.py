@@ -212,7 +212,7 @@ def describe_unsupported(keys: list[str]) -> str | None:
     key_set = set(keys)
     if not keys:
         return "an empty file (no tensors)"
-    if any("lora_down" in k or "lora_up" in k or ".lora_A." in k or ".lora_B." in k or "hada_w1" in k for k in keys[:200]):
+    if any(marker in k for k in keys[:200] for marker in ("lora_down", "lora_up", ".lora_A.", ".lora_B.", ".hada_w1", ".lokr_w1")):
         return "a LoRA file, not a base checkpoint (load it with ApplyLoRA or Load LoRA instead)"
     if any(k.startswith(("double_blocks.", "single_blocks.", "model.diffusion_model.double_blocks.")) for k in keys):
         return "a Flux checkpoint (only SD1.x is supported)"

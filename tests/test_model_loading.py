@@ -69,6 +69,8 @@ def _write(path, tensors):
         ({"double_blocks.0.img_attn.qkv.weight": 2}, "Flux"),
         ({"encoder.down.0.block.0.conv1.weight": 2, "decoder.up.0.block.0.conv1.weight": 2}, "VAE on its own"),
         ({"lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight": 2}, "LoRA file"),
+        ({"lora_unet_down_blocks_0_attentions_0_proj_in.hada_w1_a": 2}, "LoRA file"),
+        ({"lora_unet_down_blocks_0_attentions_0_proj_in.lokr_w1": 2}, "LoRA file"),
         ({"model.diffusion_model.input_blocks.0.0.weight": 2, "cond_stage_model.model.ln_final.weight": 2, "first_stage_model.x": 2}, "SD2.x"),
     ],
 )
