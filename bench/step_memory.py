@@ -41,7 +41,6 @@ def parse_args(argv=None):
 
 def profiled_step_memory(trainer, profiled_step: int, timeline_path: Path) -> dict[str, int]:
     """Runs ``trainer`` and returns the peak bytes of step ``profiled_step`` (0-based), total and by category."""
-    import torch
     from torch.profiler import profile
 
     train_step = trainer._train_step
@@ -57,8 +56,7 @@ def profiled_step_memory(trainer, profiled_step: int, timeline_path: Path) -> di
         return outcome
 
     trainer._train_step = step
-    with torch.inference_mode(False):
-        trainer.run()
+    trainer.run()
     _, sizes = json.loads(timeline_path.read_text())
     peak_index = max(range(len(sizes)), key=lambda index: sum(sizes[index]))
     at_peak = dict(zip(TIMELINE_CATEGORIES, sizes[peak_index]))

@@ -39,10 +39,10 @@ TEXT_ENCODER_TARGETS = r".*encoder\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_pr
 UNET_PREFIX = "lora_unet_"
 TEXT_ENCODER_PREFIX = "lora_te_"
 ADAPTER_TYPES = ("lora", "loha", "lokr")
-# The tensors each adapter type may save per module (LyCORIS names for LoHa and LoKr: a LoKr factor is
-# either whole, lokr_w1, or a low-rank pair, lokr_w1_a @ lokr_w1_b).
-ADAPTER_KEYS = {
-    "lora": ("lora_down.weight", "lora_up.weight"),
+ADAPTER_LABELS = {"lora": "LoRA", "loha": "LoHa", "lokr": "LoKr"}
+# The tensors a LoHa or LoKr module may save, by their LyCORIS names (a LoKr factor is either whole,
+# lokr_w1, or a low-rank pair, lokr_w1_a @ lokr_w1_b).
+LYCORIS_KEYS = {
     "loha": ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b"),
     "lokr": ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"),
 }
@@ -97,18 +97,17 @@ class LoRASettings:
             raise SettingsError(f"Conv alpha must be positive, got {self.conv_alpha}.")
         if self.adapter not in ADAPTER_TYPES:
             raise SettingsError(f"The adapter type must be one of {', '.join(ADAPTER_TYPES)}, got {self.adapter!r}.")
-        kind = {"loha": "LoHa", "lokr": "LoKr"}.get(self.adapter)
-        if kind and self.use_dora:
-            raise SettingsError(f"DoRA is a kind of LoRA; it cannot be combined with {kind}.")
-        if kind and self.dropout:
-            raise SettingsError(f"{kind} adapters have no input dropout; set dropout to 0.")
+        if self.adapter != "lora" and self.use_dora:
+            raise SettingsError(f"DoRA is a kind of LoRA; it cannot be combined with {ADAPTER_LABELS[self.adapter]}.")
+        if self.adapter != "lora" and self.dropout:
+            raise SettingsError(f"{ADAPTER_LABELS[self.adapter]} adapters have no input dropout; set dropout to 0.")
         target_pattern(self.targets)
 
     def __repr__(self) -> str:
         te = f", text encoder rank {self.effective_te_rank}" if self.train_text_encoder else ""
         conv = f", conv rank {self.effective_conv_rank}" if self.targets == "kohya+conv" or self.conv_rank else ""
         dora = ", DoRA" if self.use_dora else ""
-        kind = {"loha": ", LoHa", "lokr": ", LoKr"}.get(self.adapter, "")
+        kind = f", {ADAPTER_LABELS[self.adapter]}" if self.adapter != "lora" else ""
         return f"LoRAConfig(rank {self.rank}, alpha {self.effective_alpha:g}, {self.targets} targets{conv}{te}{dora}{kind})"
 
 
@@ -217,7 +216,7 @@ def adapter_type(layer) -> str:
 
 def _lycoris_tensors(layer) -> dict[str, torch.nn.Parameter]:
     """A LoHa or LoKr layer's trained tensors under their LyCORIS key names (LoKr: those its shapes use)."""
-    keys = ADAPTER_KEYS[adapter_type(layer)]
+    keys = LYCORIS_KEYS[adapter_type(layer)]
     return {key: getattr(layer, key)[ADAPTER_NAME] for key in keys if ADAPTER_NAME in getattr(layer, key)}
 
 
@@ -374,7 +373,7 @@ def _load_lycoris_into(layer, stem: str, tensors: dict[str, torch.Tensor]) -> in
     targets = _lycoris_tensors(layer)
     if not any(f"{stem}.{key}" in tensors for key in targets):
         return 0
-    kind = {"loha": "LoHa", "lokr": "LoKr"}[adapter_type(layer)]
+    kind = ADAPTER_LABELS[adapter_type(layer)]
     for key, target in targets.items():
         saved = tensors.get(f"{stem}.{key}")
         if saved is None or saved.shape != target.shape:

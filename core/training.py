@@ -643,7 +643,7 @@ class Trainer:
         te_stems = lora_lib.file_module_stems(weights.tensors, lora_lib.TEXT_ENCODER_PREFIX)
         if not unet_stems and not te_stems:
             raise SettingsError(
-                f"{path.name} holds no kohya-format SD1.x LoRA weights (lora_unet_*/lora_te_* keys with .lora_down/.lora_up or LoHa's .hada_*)."
+                f"{path.name} holds no kohya-format SD1.x LoRA weights (lora_unet_*/lora_te_* keys with .lora_down/.lora_up, or LyCORIS .hada_*/.lokr_*)."
             )
         kinds = lora_lib.file_adapter_types(weights.tensors)
         if kinds != {self.lora_settings.adapter}:
