@@ -218,7 +218,7 @@ class Captioner:
 
 
 class LoRAConfig:
-    DESCRIPTION = "The shape of the LoRA: rank, alpha, dropout, which UNet layers get adapters, and whether the text encoder is trained too."
+    DESCRIPTION = "The shape of the LoRA: rank, alpha, dropout, which UNet layers get adapters, whether the text encoder is trained too, and optionally the adapter type (LoRA, LoHa, LoKr, DoRA) and the conv and text-encoder ranks."
     CATEGORY = CATEGORY
     RETURN_TYPES = (T.LORA_CONFIG,)
     RETURN_NAMES = ("lora_config",)
@@ -231,18 +231,22 @@ class LoRAConfig:
             "rank": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "LoRA rank: the size of each adapter. 4-32 is typical; higher learns more and makes larger files."}),
             "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip": "LoRA alpha; the update is scaled by alpha/rank. 0 means alpha = rank (scale 1)."}),
             "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip": "Dropout on the adapters' input during training; 0 turns it off."}),
-            "targets": (["kohya", "attention"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5); attention: to_q/k/v/out only (128)."}),
+            "targets": (["kohya", "attention", "kohya+conv"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5); attention: to_q/k/v/out only (128); kohya+conv: kohya plus the ResNet and down/upsampler convolutions (LoCon, 278)."}),
             "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also train a LoRA on the CLIP text encoder (stronger, slower; turns off the caption cache)."}),
         }, "optional": {
             "adapter": (["lora", "loha", "lokr"], {"default": "lora", "tooltip": "lora: the usual low-rank adapter. loha: LyCORIS LoHa (two low-rank pairs multiplied elementwise; more expressive at the same rank, about twice as slow to train). lokr: LyCORIS LoKr (a Kronecker product; small files). LoHa and LoKr need dropout 0. All load in ComfyUI's LoRA loaders."}),
+            "dora": ("BOOLEAN", {"default": False, "tooltip": "Weight-decomposed LoRA (DoRA): learns each output's magnitude apart from its direction. LoRA adapters only."}),
+            "conv_rank": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Rank of the 3x3 convolution adapters with kohya+conv targets; 0 means the LoRA rank."}),
+            "text_encoder_rank": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Rank of the text-encoder adapters when the text encoder is trained; 0 means the LoRA rank."}),
         }}
 
-    def configure(self, rank, alpha, dropout, targets, train_text_encoder, adapter="lora"):
+    def configure(self, rank, alpha, dropout, targets, train_text_encoder, adapter="lora", dora=False, conv_rank=0, text_encoder_rank=0):
         from ..core.lora import LoRASettings
 
         settings = LoRASettings(
             rank=int(rank), alpha=float(alpha) if alpha else None, dropout=float(dropout), targets=targets,
-            train_text_encoder=bool(train_text_encoder), adapter=adapter,
+            train_text_encoder=bool(train_text_encoder), adapter=adapter, use_dora=bool(dora),
+            conv_rank=int(conv_rank) or None, text_encoder_rank=int(text_encoder_rank) or None,
         )
         settings.validate()
         return (settings,)

@@ -237,6 +237,18 @@ def test_lora_config_trains_lycoris_adapters_when_asked(comfy, dataset_dir, adap
         node("LoRAConfig").configure(2, 0.0, 0.1, "kohya", False, adapter=adapter)
 
 
+def test_lora_config_reaches_dora_locon_and_text_encoder_rank(comfy, dataset_dir):
+    base, data, _ = build_inputs(comfy, dataset_dir)
+    (config,) = node("LoRAConfig").configure(2, 0.0, 0.0, "kohya+conv", True, dora=True, conv_rank=3, text_encoder_rank=4)
+    assert (config.use_dora, config.effective_conv_rank, config.effective_te_rank) == (True, 3, 4)
+    lora, _ = train(base, data, config, steps=1)
+    assert lora["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape[:2] == (3, 32), "3x3 convs get the conv rank"
+    assert lora["lora_te_text_model_encoder_layers_0_mlp_fc1.lora_down.weight"].shape[0] == 4
+    assert "lora_unet_down_blocks_0_attentions_0_proj_in.dora_scale" in lora
+    (defaults,) = node("LoRAConfig").configure(2, 0.0, 0.0, "kohya", False)
+    assert (defaults.adapter, defaults.use_dora, defaults.conv_rank, defaults.text_encoder_rank) == ("lora", False, None, None)
+
+
 # --------------------------------------------------------------------------- datasets and captions
 
 
