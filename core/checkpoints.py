@@ -60,6 +60,15 @@ def read_run_state(folder: Path) -> dict[str, Any]:
 
 def check_compatible(saved: dict[str, Any], current: dict[str, Any], folder: Path) -> None:
     """Refuse a resume whose adapters, data, base or step meaning differ from this run's."""
+    saved_family, current_family = saved.get("family", "sd1"), current.get("family", "sd1")
+    if saved_family != current_family:
+        from .families import family_named
+
+        was, now = family_named(saved_family).label, family_named(current_family).label
+        raise TrainerError(
+            f"Cannot resume from {folder}: its LoRA was trained on an {was} base and this base model is {now}; "
+            f"use the {was} base it was trained on, or another checkpoint folder for this {now} run."
+        )
     differences = []
     saved_lora, current_lora = saved.get("lora", {}), current["lora"]
     differences += [

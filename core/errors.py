@@ -24,3 +24,8 @@ class SettingsError(TrainerError):
 
 class OutputPathError(TrainerError):
     """A file name would leave its target folder or cannot be written."""
+
+
+class CheckpointLayoutError(ModelLoadError):
+    """A checkpoint of a known family whose tensors do not fit that family's architecture; the loader
+    names the file and the family in front of the detail."""

@@ -16,7 +16,7 @@ import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -250,11 +250,35 @@ def remove(model: torch.nn.Module) -> None:
         del model.peft_config
 
 
+TEXT_ENCODER_PREFIXES = "lora_te"  # lora_te_ (SD1.x/SD2.x), lora_te1_ and lora_te2_ (SDXL)
+
+
 def kohya_stem(module_name: str, prefix: str) -> str:
-    if prefix == TEXT_ENCODER_PREFIX and not module_name.startswith("text_model."):
-        # transformers 5 dropped the text_model level; kohya/ComfyUI names keep it.
+    if prefix.startswith(TEXT_ENCODER_PREFIXES) and not module_name.startswith("text_model."):
+        # transformers 5 dropped the text_model level of CLIPTextModel; kohya/ComfyUI names keep it.
         module_name = "text_model." + module_name
     return prefix + module_name.replace(".", "_")
+
+
+@dataclass(frozen=True)
+class KohyaNaming:
+    """How one model's adapter modules are named in a kohya file: a prefix, and the module path kohya
+    uses where it differs from the diffusers one (SDXL's UNet: the original LDM path)."""
+
+    prefix: str
+    rename: Callable[[str], str] | None = None
+
+    def stem(self, module_name: str) -> str:
+        return kohya_stem(self.rename(module_name) if self.rename else module_name, self.prefix)
+
+    def stems(self, module_name: str) -> tuple[str, ...]:
+        """The stem we write first, then the diffusers-path form other trainers write for the same module."""
+        ours, plain = self.stem(module_name), kohya_stem(module_name, self.prefix)
+        return (ours,) if ours == plain else (ours, plain)
+
+
+def as_naming(naming: "KohyaNaming | str") -> KohyaNaming:
+    return naming if isinstance(naming, KohyaNaming) else KohyaNaming(naming)
 
 
 def _row_norms(weight: torch.Tensor) -> torch.Tensor:
@@ -294,10 +318,11 @@ def dora_scale_for_comfyui(layer) -> torch.Tensor:
     return (magnitude * _row_norms(base) / _row_norms(base + scaling * delta)).float().contiguous()
 
 
-def kohya_state_dict(model: torch.nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+def kohya_state_dict(model: torch.nn.Module, naming: KohyaNaming | str) -> dict[str, torch.Tensor]:
+    naming = as_naming(naming)
     tensors = {}
     for name, layer in lora_layers(model):
-        stem = kohya_stem(name, prefix)
+        stem = naming.stem(name)
         if adapter_type(layer) != "lora":
             tensors.update(_lycoris_state(layer, stem))
             continue
@@ -329,16 +354,19 @@ def _lycoris_state(layer, stem: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], prefix: str) -> int:
+def load_kohya_into(model: torch.nn.Module, tensors: dict[str, torch.Tensor], naming: KohyaNaming | str) -> int:
     """Copy kohya-format weights into the injected adapters; returns how many modules matched.
 
     A file whose alpha differs from the adapter's (a LoRA trained elsewhere) is
     rescaled into ``lora_up`` so the update ΔW = (alpha/rank)·up·down is kept;
-    a rank that differs is refused.
+    a rank that differs is refused. A module may be named either way ``naming`` knows.
     """
+    naming = as_naming(naming)
+    present = file_module_stems(tensors, naming.prefix)
     matched = 0
     for name, layer in lora_layers(model):
-        stem = kohya_stem(name, prefix)
+        stems = naming.stems(name)
+        stem = next((s for s in stems if s in present), stems[0])
         if adapter_type(layer) != "lora":
             matched += _load_lycoris_into(layer, stem, tensors)
             continue
@@ -431,7 +459,7 @@ class LoRAWeights:
 
     @property
     def text_encoder_modules(self) -> int:
-        return len(file_module_stems(self.tensors, TEXT_ENCODER_PREFIX))
+        return len(file_module_stems(self.tensors, TEXT_ENCODER_PREFIXES))
 
     def __repr__(self) -> str:
         def field(key: str) -> str:  # metadata may come from any file: shown short, never trusted
@@ -509,18 +537,23 @@ def network_args_json(settings: LoRASettings) -> str:
     return json.dumps(args)
 
 
-def build_metadata(settings: LoRASettings, extra: dict[str, Any]) -> dict[str, str]:
-    """kohya ``ss_*`` and ``modelspec.*`` metadata; every value a string, as safetensors requires."""
+SD1_FAMILY_METADATA = {"ss_base_model_version": "sd_v1", "ss_v2": "False", "modelspec.architecture": "stable-diffusion-v1"}
+
+
+def build_metadata(settings: LoRASettings, extra: dict[str, Any], family: dict[str, str] | None = None) -> dict[str, str]:
+    """kohya ``ss_*`` and ``modelspec.*`` metadata; every value a string, as safetensors requires.
+    ``family`` gives the base model's version fields (``ModelFamily.metadata``; SD1.x when not given)."""
+    family = family or SD1_FAMILY_METADATA
     metadata = {
         "ss_network_module": "networks.lora" if settings.adapter == "lora" else "lycoris.kohya",
         "ss_network_dim": str(settings.rank),
         "ss_network_alpha": f"{settings.effective_alpha:g}",
         "ss_network_args": network_args_json(settings),
         "ss_network_dropout": f"{settings.dropout:g}",
-        "ss_base_model_version": "sd_v1",
-        "ss_v2": "False",
+        "ss_base_model_version": family["ss_base_model_version"],
+        "ss_v2": family["ss_v2"],
         "modelspec.sai_model_spec": "1.0.0",
-        "modelspec.architecture": "stable-diffusion-v1/lora",
+        "modelspec.architecture": family["modelspec.architecture"] + "/lora",
         "modelspec.implementation": "https://github.com/Stability-AI/generative-models",
     }
     if not settings.train_text_encoder:

@@ -48,7 +48,7 @@ def generate_previews(
     device: torch.device,
     dtype: torch.dtype = torch.float32,
 ):
-    """One PIL image per prompt, each from generator seed ``seed + index``."""
+    """One PIL image per prompt from SD1.x/SD2.x-style components, each from generator seed ``seed + index``."""
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
@@ -56,16 +56,28 @@ def generate_previews(
         scheduler=preview_scheduler(noise_scheduler), safety_checker=None, feature_extractor=None,
         image_encoder=None, requires_safety_checker=False,
     )
+    return pipeline_previews(pipe, [tokenizer], [unet, vae, text_encoder], prompts, seed, steps, size, guidance, device, dtype)
+
+
+def family_previews(family, unet, base, text_encoders, prompts, seed, steps, size, guidance, device, dtype=torch.float32):
+    """Previews through the family's own pipeline, around the very modules the trainer holds."""
+    pipe = family.preview_pipeline(unet, base, text_encoders, preview_scheduler(base.noise_scheduler))
+    return pipeline_previews(pipe, base.tokenizers, [unet, base.vae, *text_encoders], prompts, seed, steps, size, guidance, device, dtype)
+
+
+def pipeline_previews(pipe, tokenizers, modules, prompts, seed, steps, size, guidance, device, dtype):
     pipe.set_progress_bar_config(disable=True)
-    # Tokenizers read from bare vocab/merges files have no length limit; the pipeline needs CLIP's.
-    saved_max_length = tokenizer.model_max_length
-    tokenizer.model_max_length = min(saved_max_length, text_encoder.config.max_position_embeddings)
+    # Tokenizers read from bare vocab/merges files have no length limit; the pipeline needs CLIP's (77).
+    saved_lengths = [tokenizer.model_max_length for tokenizer in tokenizers]
+    encoders = [m for m in modules if hasattr(getattr(m, "config", None), "max_position_embeddings")]
+    for tokenizer, encoder in zip(tokenizers, encoders):
+        tokenizer.model_max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
     rng_state = torch.random.get_rng_state()
     cuda_state = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     images = []
     autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else _nothing()
     try:
-        with eval_mode(unet, vae, text_encoder), torch.no_grad(), autocast:
+        with eval_mode(*modules), torch.no_grad(), autocast:
             for index, prompt in enumerate(prompts):
                 generator = torch.Generator("cpu").manual_seed(seed + index)
                 result = pipe(
@@ -74,7 +86,8 @@ def generate_previews(
                 )
                 images.append(result.images[0])
     finally:
-        tokenizer.model_max_length = saved_max_length
+        for tokenizer, length in zip(tokenizers, saved_lengths):
+            tokenizer.model_max_length = length
         torch.random.set_rng_state(rng_state)
         if cuda_state is not None:
             torch.cuda.set_rng_state_all(cuda_state)

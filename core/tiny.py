@@ -1,10 +1,10 @@
-"""A built-in tiny SD1.x-shaped model and synthetic captioned images.
+"""Built-in tiny models of each family (SD1.x, SD2.x, SDXL) and synthetic captioned images.
 
 Used by the ``demo`` command (the README's no-download main job), the test
-fixtures and the benchmarks. Shapes follow the real SD1.x architecture
-(LDM key layout, CLIP text encoder, 8x VAE) shrunk to a few hundred thousand
-parameters; ``full_size=True`` gives the real 860M SD1.5 architecture with
-random weights.
+fixtures and the benchmarks. Shapes follow the real architectures (original
+key layout, CLIP/OpenCLIP text towers, 8x VAE) shrunk to a few hundred thousand
+parameters; ``full_size=True`` gives the real architecture (860M-parameter SD1.5
+UNet, 2.6B SDXL) with random weights.
 """
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from .families.ldm import heads_for
 from .model_loading import BaseModel, default_noise_scheduler, load_json_config, load_tokenizer, text_encoder_from_config
 
 TINY_UNET = {
@@ -27,6 +28,29 @@ TINY_UNET = {
 }
 TINY_VAE = {"block_out_channels": [32, 32, 32, 32], "layers_per_block": 1, "sample_size": 64}
 TINY_TEXT_ENCODER = {"hidden_size": 32, "projection_dim": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1}
+# SD2.x: SD1's tiny UNet with SD2's linear projections and 64-wide heads (one head at these widths).
+TINY_SD2_UNET = {**TINY_UNET, "use_linear_projection": True, "attention_head_dim": [heads_for(32), heads_for(64)]}
+# SDXL: no attention on the first level, two transformer blocks on the second, size conditioning
+# of 8 numbers per size (SDXL: 256) after a pooled text of 32 (SDXL: 1280); text 32 + 32 wide.
+TINY_SDXL_UNET = {
+    "block_out_channels": [32, 64],
+    "layers_per_block": 1,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "transformer_layers_per_block": [1, 2],
+    "attention_head_dim": [heads_for(32), heads_for(64)],
+    "cross_attention_dim": 64,
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,
+    "sample_size": 8,
+}
+FAMILY_CONFIGS = {  # unet, vae, first text encoder, second text encoder (SDXL's bigG)
+    "sd1": ("sd15_unet.json", "sd15_vae.json", "sd15_text_encoder.json", None),
+    "sd2": ("sd2_unet.json", "sd15_vae.json", "sd2_text_encoder.json", None),
+    "sdxl": ("sdxl_unet.json", "sdxl_vae.json", "sd15_text_encoder.json", "sdxl_text_encoder_2.json"),
+}
+TINY_UNETS = {"sd1": TINY_UNET, "sd2": TINY_SD2_UNET, "sdxl": TINY_SDXL_UNET}
+FAMILY_NAMES = {"sd1": "SD1.x", "sd2": "SD2.x", "sdxl": "SDXL"}
 DEMO_WORDS = "a an the photo drawing of red green blue yellow circle square triangle on white black gray background small large".split()
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {"red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
@@ -77,63 +101,85 @@ def write_tiny_tokenizer(folder: Path, words=DEMO_WORDS, vocab_size: int | None 
     return folder
 
 
-def build_base_model(tokenizer_dir: Path, seed: int = 0, full_size: bool = False) -> BaseModel:
-    """Random-weight SD1.x base model (tiny by default), deterministic for a seed."""
+def _configs(family: str, full_size: bool, vocab_size: int) -> tuple[dict, dict, list[dict]]:
+    unet_name, vae_name, *text_names = FAMILY_CONFIGS[family]
+    unet_config, vae_config = load_json_config(unet_name), load_json_config(vae_name)
+    text_configs = [load_json_config(name) for name in text_names if name]
+    if not full_size:
+        unet_config.update(TINY_UNETS[family])
+        vae_config.update(TINY_VAE)
+        for config in text_configs:
+            config.update(TINY_TEXT_ENCODER)
+    for config in text_configs:
+        config["vocab_size"] = vocab_size
+    return unet_config, vae_config, text_configs
+
+
+def build_base_model(tokenizer_dir: Path, seed: int = 0, full_size: bool = False, family: str = "sd1") -> BaseModel:
+    """Random-weight base model of a family (tiny by default), deterministic for a seed."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    tokenizer = load_tokenizer(tokenizer_dir)
-    unet_config = load_json_config("sd15_unet.json")
-    vae_config = load_json_config("sd15_vae.json")
-    te_config = load_json_config("sd15_text_encoder.json")
-    if not full_size:
-        unet_config.update(TINY_UNET)
-        vae_config.update(TINY_VAE)
-        te_config.update(TINY_TEXT_ENCODER)
-    te_config["vocab_size"] = len(tokenizer)
+    from .families import family_named
+
+    slots = family_named(family).text_encoders
+    tokenizers = [load_tokenizer(tokenizer_dir, slot.pad_token) for slot in slots]
+    unet_config, vae_config, text_configs = _configs(family, full_size, len(tokenizers[0]))
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
         unet = UNet2DConditionModel.from_config(unet_config)
         vae = AutoencoderKL.from_config(vae_config)
-        text_encoder = text_encoder_from_config(te_config)
+        encoders = [text_encoder_from_config(config, with_projection=index == 1) for index, config in enumerate(text_configs)]
     finally:
         torch.random.set_rng_state(generator_state)
+    size = "tiny" if not full_size else "full-size"
+    extra = {"text_encoder_2": encoders[1].eval().requires_grad_(False), "tokenizer_2": tokenizers[1]} if len(encoders) > 1 else {}
+    source = "built-in tiny SD1.x" if family == "sd1" and not full_size else f"built-in {size} {FAMILY_NAMES[family]} (random weights)"
+    if family == "sd1" and full_size:
+        source = "built-in SD1.5 architecture (random weights)"
     return BaseModel(
         unet=unet.eval().requires_grad_(False),
         vae=vae.eval().requires_grad_(False),
-        text_encoder=text_encoder.eval().requires_grad_(False),
-        tokenizer=tokenizer,
+        text_encoder=encoders[0].eval().requires_grad_(False),
+        tokenizer=tokenizers[0],
         noise_scheduler=default_noise_scheduler(),
-        source="built-in tiny SD1.x" if not full_size else "built-in SD1.5 architecture (random weights)",
-        source_hash=f"builtin-{'full' if full_size else 'tiny'}-{seed}",
+        family=family,
+        source=source,
+        source_hash=f"builtin-{'full' if full_size else 'tiny'}-{seed}" + ("" if family == "sd1" else f"-{family}"),
+        **extra,
     )
+
+
+def _save_tokenizer(folder: Path, tokenizer_dir: Path, max_length: int, pad_token: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(tokenizer_dir / name, folder / name)
+    # Without a config, transformers assumes an unbounded max length; CLIP's is 77.
+    config = {"model_max_length": max_length, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+              "unk_token": "<|endoftext|>", "pad_token": pad_token}
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 def save_diffusers_folder(model: BaseModel, folder: Path, tokenizer_dir: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     model.unet.save_pretrained(folder / "unet", safe_serialization=True)
     model.vae.save_pretrained(folder / "vae", safe_serialization=True)
-    model.text_encoder.save_pretrained(folder / "text_encoder", safe_serialization=True)
     model.noise_scheduler.save_config(folder / "scheduler")
-    (folder / "tokenizer").mkdir(exist_ok=True)
-    for name in ("vocab.json", "merges.txt"):
-        shutil.copy(tokenizer_dir / name, folder / "tokenizer" / name)
-    # Without a config, transformers assumes an unbounded max length; CLIP's is 77.
-    tokenizer_config = {"model_max_length": model.text_encoder.config.max_position_embeddings, "bos_token": "<|startoftext|>",
-                        "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>"}
-    (folder / "tokenizer" / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
     index = {
-        "_class_name": "StableDiffusionPipeline",
+        "_class_name": "StableDiffusionXLPipeline" if model.family == "sdxl" else "StableDiffusionPipeline",
         "_diffusers_version": "0.42.1",
         "unet": ["diffusers", "UNet2DConditionModel"],
         "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-        "tokenizer": ["transformers", "CLIPTokenizer"],
         "scheduler": ["diffusers", "DDPMScheduler"],
-        "safety_checker": [None, None],
-        "feature_extractor": [None, None],
-        "requires_safety_checker": False,
     }
+    for slot in model.model_family.text_encoders:
+        encoder = getattr(model, slot.attribute)
+        encoder.save_pretrained(folder / slot.attribute, safe_serialization=True)
+        _save_tokenizer(folder / slot.tokenizer, tokenizer_dir, encoder.config.max_position_embeddings, slot.pad_token)
+        index[slot.attribute] = ["transformers", type(encoder).__name__]
+        index[slot.tokenizer] = ["transformers", "CLIPTokenizer"]
+    if model.family != "sdxl":
+        index.update(safety_checker=[None, None], feature_extractor=[None, None], requires_safety_checker=False)
     (folder / "model_index.json").write_text(json.dumps(index, indent=2))
     return folder
 
@@ -141,10 +187,10 @@ def save_diffusers_folder(model: BaseModel, folder: Path, tokenizer_dir: Path) -
 def save_ldm_checkpoint(model: BaseModel, path: Path, dtype: torch.dtype | None = None) -> Path:
     from safetensors.torch import save_file
 
-    from .ldm_export import components_to_ldm
+    from .ldm_export import base_to_ldm
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file(components_to_ldm(model.unet, model.vae, model.text_encoder, dtype), str(path))
+    save_file(base_to_ldm(model, dtype), str(path))
     return path
 
 

@@ -99,19 +99,19 @@ FAST = dict(steps=3, resolution=128, batch_size=2, learning_rate=1e-3, seed=5, r
 def test_bucketed_training_batches_are_one_shape_and_runs_repeat(base_model, mixed_shapes):
     settings = TrainSettings(**FAST, bucket=True, no_upscale=True, shuffle_tags=True, keep_tokens=1, caption_dropout=0.3)
     trainer = Trainer(base_model, mixed_shapes, LoRASettings(rank=2), settings)
-    buckets = [trainer._bucket_of(i) for i in range(len(mixed_shapes))]
+    buckets = [trainer.plan.bucket_of(i) for i in range(len(mixed_shapes))]
     assert buckets == [(128, 128), (128, 128), (256, 64), (192, 64), (64, 256), (64, 64)]
     assert all(b[0] <= s[0] and b[1] <= s[1] for b, s in zip(buckets, (e.size for e in mixed_shapes.entries)) if min(s) >= 64)
     shapes = []
-    original = trainer._batch_latents
+    original = trainer.images.batch
 
     def record(indices, rng):
-        latents = original(indices, rng)
+        latents, size_ids = original(indices, rng)
         shapes.append(tuple(latents.shape))
         assert {buckets[i] for i in indices} == {(latents.shape[-1] * 8, latents.shape[-2] * 8)}
-        return latents
+        return latents, size_ids
 
-    trainer._batch_latents = record
+    trainer.images.batch = record
     result = trainer.run()
     assert len(shapes) == 3 and all(s[0] == 2 for s in shapes)
     metadata = result.lora.metadata
@@ -125,20 +125,20 @@ def test_bucketed_training_batches_are_one_shape_and_runs_repeat(base_model, mix
 def test_augmented_captions_reach_the_text_encoder_and_the_cache_stays_exact(base_model, mixed_shapes):
     settings = TrainSettings(**{**FAST, "steps": 2}, shuffle_tags=True, keep_tokens=1, caption_dropout=0.3)
     trainer = Trainer(base_model, mixed_shapes, LoRASettings(rank=2), settings)
-    trainer._build_text_cache()
-    assert "" in trainer.text_cache  # the dropped-out caption is encoded up front
+    trainer.captions.build(base_model.text_encoders)
+    assert "" in trainer.captions.cache  # the dropped-out caption is encoded up front
     seen = set()
     for step in range(30):
-        indices = trainer._batch_indices(step, 0)
-        cached = trainer._batch_text(indices, base_model.text_encoder)
+        indices = trainer.plan.batch_indices(step, 0)
+        cached = trainer.captions.batch(indices, base_model.text_encoders)["hidden"]
         rng = generator(settings.seed, step, 0, 17)
         captions = [settings.caption_augmentation.apply(mixed_shapes.entries[i].caption, rng) for i in indices]
         seen.update(captions)
         with torch.no_grad():
-            direct = trainer._encode_text(base_model.text_encoder, captions).float()
+            direct = trainer._encode_text(base_model.text_encoders, captions)["hidden"].float()
         assert torch.allclose(cached, direct, atol=1e-5)
     stored = {e.caption for e in mixed_shapes.entries}
     assert "" in seen and seen - stored - {""}, "shuffled variants were drawn"
     assert all(c.startswith("shape ") for c in seen if c)  # keep_tokens=1 keeps the first tag
-    plain = trainer._batch_text([0, 1], base_model.text_encoder)  # evaluation passes plain lists: stored captions
-    assert torch.allclose(plain, torch.stack([trainer.text_cache[mixed_shapes.entries[i].caption] for i in (0, 1)]))
+    plain = trainer.captions.batch([0, 1], base_model.text_encoders)["hidden"]  # evaluation passes plain lists: stored captions
+    assert torch.allclose(plain, torch.stack([trainer.captions.cache[mixed_shapes.entries[i].caption]["hidden"] for i in (0, 1)]))
