@@ -155,3 +155,23 @@ class CaptionConditioning:
 
     def clear(self) -> None:
         self.cache, self._variants = {}, []
+
+
+def fill_caches(images: ImageLatents, captions: CaptionConditioning, models, progress: ProgressCallback, should_stop: StopCheck) -> None:
+    """Fill the caches, then keep on the accelerator only the frozen models the loop still runs."""
+    base, device = models.base, models.device
+    base.vae.to(device)
+    if images.cached:
+        images.build(progress, should_stop)
+        models.offload(base.vae)
+    frozen = base.text_encoders
+    if captions.cached:
+        for encoder in frozen:
+            encoder.to(device)
+        captions.build(frozen)
+        if not captions.settings.caption_augmentation.active:  # augmented captions still need the encoders for new variants
+            for encoder in frozen:
+                models.offload(encoder)
+    elif not models.trains_text:
+        for encoder in frozen:
+            encoder.to(device)

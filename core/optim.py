@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 
@@ -121,3 +122,45 @@ def make_optimizer(parameter_groups, settings, device: torch.device, dtype: torc
     )
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
     return optimizer, lr_scheduler, scaler
+
+
+@dataclass(frozen=True)
+class SkippedStep:
+    """Why a step made no update. fp16 loss-scale calibration skips (the scale still above 1) are normal
+    and do not count toward ``max_bad_steps``; everything else does."""
+
+    reason: str
+    counts_toward_limit: bool = True
+
+
+def _number(value: float) -> str:
+    """A loss scale as people read it: 65536 rather than 6.5536e+04, 0.25 below one."""
+    return f"{value:.0f}" if value >= 1 else f"{value:g}"
+
+
+def apply_gradients(optimizer, scaler, parameters: list[torch.nn.Parameter], max_grad_norm: float) -> SkippedStep | None:
+    """Unscale (fp16), clip and take the optimizer step; returns why no update was made, or None."""
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if max_grad_norm > 0:
+        norm = torch.nn.utils.clip_grad_norm_(parameters, max_grad_norm)
+    else:
+        norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
+    if scaler is None:
+        if not math.isfinite(float(norm)):
+            return SkippedStep(f"the gradient norm was {float(norm)}")
+        optimizer.step()
+        return None
+    # fp16: the scaler skips steps with inf/nan gradients itself and halves its scale, the only
+    # time update() lowers it. Such skips calibrate the scale (kohya and the diffusers script
+    # have them too); once it is down to 1 the gradients overflow unamplified, which is a failure.
+    scale = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    if scaler.get_scale() >= scale:
+        return None
+    if scale > 1:
+        return SkippedStep(
+            f"its fp16 gradients overflowed, so the loss scale was lowered to {_number(scaler.get_scale())}", counts_toward_limit=False,
+        )
+    return SkippedStep(f"its gradients overflowed fp16 even at a loss scale of {_number(scale)}")

@@ -65,6 +65,23 @@ def family_previews(family, unet, base, text_encoders, prompts, seed, steps, siz
     return pipeline_previews(pipe, base.tokenizers, [unet, base.vae, *text_encoders], prompts, seed, steps, size, guidance, device, dtype)
 
 
+def training_previews(family, models, settings, device: torch.device, dtype: torch.dtype):
+    """The run's preview prompts with its current adapters; the VAE and text encoders visit the device only for this."""
+    base, encoders = models.base, models.text_encoders
+    prompts = [p for p in settings.sample_prompts if p.strip()]
+    moved = [m for m in (base.vae, *encoders) if next(m.parameters()).device != device]
+    for module in moved:
+        module.to(device)
+    try:
+        return family_previews(
+            family, models.unet, base, encoders, prompts, seed=settings.sample_seed, steps=settings.sample_steps,
+            size=settings.sample_size or settings.resolution, guidance=settings.sample_guidance, device=device, dtype=dtype,
+        )
+    finally:
+        for module in moved:
+            models.offload(module)
+
+
 def pipeline_previews(pipe, tokenizers, modules, prompts, seed, steps, size, guidance, device, dtype):
     pipe.set_progress_bar_config(disable=True)
     # Tokenizers read from bare vocab/merges files have no length limit; the pipeline needs CLIP's (77).

@@ -31,14 +31,14 @@ from . import checkpoints
 from . import lora as lora_lib
 from .base_model import BaseModel
 from .batching import BatchIndices, BatchPlan
-from .caches import MAX_TEXT_VARIANTS, CaptionConditioning, ImageLatents
+from .caches import MAX_TEXT_VARIANTS, CaptionConditioning, ImageLatents, fill_caches
 from .dataset import ImageCaptionDataset
 from .devices import keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
 from .errors import SettingsError, TrainerError
 from .export import export_lora
 from .locking import FolderLock
 from .losses import add_noise_offset, denoising_loss, resolve_prediction_type
-from .optim import make_optimizer
+from .optim import SkippedStep, apply_gradients, make_optimizer
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
 from .resume import RunHistory, TrainingCheckpoints, run_state
 from .seeding import generator, mix_seed
@@ -100,20 +100,6 @@ class TrainResult:
             "prediction_reason": self.prediction_reason,
             "resolution": self.resolution,
         }
-
-
-def _number(value: float) -> str:
-    """A loss scale as people read it: 65536 rather than 6.5536e+04, 0.25 below one."""
-    return f"{value:.0f}" if value >= 1 else f"{value:g}"
-
-
-@dataclass(frozen=True)
-class SkippedStep:
-    """Why a step made no update. fp16 loss-scale calibration skips (the scale still above 1) are normal
-    and do not count toward ``max_bad_steps``; everything else does."""
-
-    reason: str
-    counts_toward_limit: bool = True
 
 
 class Trainer:
@@ -211,27 +197,6 @@ class Trainer:
         with self._autocast():
             return self.family.encode_text(encoders, self.base.tokenizers, captions, self.device)
 
-    def _prepare_data(self) -> None:
-        """Fill the caches, then keep on the accelerator only what the loop still runs."""
-        settings, base = self.settings, self.base
-        if self.images.cached:
-            base.vae.to(self.device)
-            self.images.build(self.progress, self.should_stop)
-            self.models.offload(base.vae)
-        else:
-            base.vae.to(self.device)
-        frozen = base.text_encoders
-        if self.captions.cached:
-            for encoder in frozen:
-                encoder.to(self.device)
-            self.captions.build(frozen)
-            if not settings.caption_augmentation.active:  # augmented captions still need the encoders for new variants
-                for encoder in frozen:
-                    self.models.offload(encoder)
-        elif not self.models.trains_text:
-            for encoder in frozen:
-                encoder.to(self.device)
-
     # ------------------------------------------------------------------ loss and evaluation
 
     def _loss(self, unet, latents: torch.Tensor, text, size_ids: torch.Tensor, rng: torch.Generator, timesteps=None, plain: bool = False) -> torch.Tensor:
@@ -292,25 +257,13 @@ class Trainer:
 
     def _sample(self, step: int) -> None:
         """Preview images with the current adapters; saved under the checkpoint folder, newest to the callback."""
-        from .sampling import family_previews, save_previews
+        from .sampling import save_previews, training_previews
 
-        settings, encoders = self.settings, self.models.text_encoders
-        prompts = [p for p in settings.sample_prompts if p.strip()]
-        moved = [m for m in (self.base.vae, *encoders) if next(m.parameters()).device != self.device]
         with self.timer("sample"):
-            for module in moved:
-                module.to(self.device)
-            try:
-                images = family_previews(
-                    self.family, self.models.unet, self.base, encoders, prompts, seed=settings.sample_seed, steps=settings.sample_steps,
-                    size=settings.sample_size or settings.resolution, guidance=settings.sample_guidance, device=self.device, dtype=self.dtype,
-                )
-            finally:
-                for module in moved:
-                    self.models.offload(module)
+            images = training_previews(self.family, self.models, self.settings, self.device, self.dtype)
         if self.checkpoint_dir is not None:
             self.history.samples += [str(p) for p in save_previews(images, self.checkpoint_dir / "samples", step)]
-        self.progress(ProgressEvent("sample", step, settings.steps, preview=images[-1], message=f"preview at step {step}"))
+        self.progress(ProgressEvent("sample", step, self.settings.steps, preview=images[-1], message=f"preview at step {step}"))
 
     def _restore_base(self) -> None:
         self.models.restore()
@@ -352,7 +305,7 @@ class Trainer:
         self._run_start = time.perf_counter()
         self.models.inject()
         try:
-            self._prepare_data()
+            fill_caches(self.images, self.captions, self.models, self.progress, self.should_stop)
             groups = self.models.parameter_groups()
             parameters = [p for group in groups for p in group["params"]]
             self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(groups, self.settings, self.device, self.dtype)
@@ -474,30 +427,9 @@ class Trainer:
                 (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
             total += value
         with self.timer("optimizer"):
-            if self.scaler is not None:
-                self.scaler.unscale_(self.optimizer)
-            if settings.max_grad_norm > 0:
-                norm = torch.nn.utils.clip_grad_norm_(parameters, settings.max_grad_norm)
-            else:
-                norm = torch.nn.utils.get_total_norm([p.grad for p in parameters if p.grad is not None])
-            if self.scaler is not None:
-                # fp16: the scaler skips steps with inf/nan gradients itself and halves its scale, the only
-                # time update() lowers it. Such skips calibrate the scale (kohya and the diffusers script
-                # have them too); once it is down to 1 the gradients overflow unamplified, which is a failure.
-                scale = self.scaler.get_scale()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                if self.scaler.get_scale() < scale:
-                    if scale > 1:
-                        return self._abandon_step(SkippedStep(
-                            f"its fp16 gradients overflowed, so the loss scale was lowered to {_number(self.scaler.get_scale())}",
-                            counts_toward_limit=False,
-                        ))
-                    return self._abandon_step(SkippedStep(f"its gradients overflowed fp16 even at a loss scale of {_number(scale)}"))
-            elif not math.isfinite(float(norm)):
-                return self._abandon_step(SkippedStep(f"the gradient norm was {float(norm)}"))
-            else:
-                self.optimizer.step()
+            skipped = apply_gradients(self.optimizer, self.scaler, parameters, settings.max_grad_norm)
+            if skipped is not None:
+                return self._abandon_step(skipped)
             self.lr_scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
         return total / settings.grad_accum, None
