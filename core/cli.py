@@ -17,6 +17,7 @@ from .errors import TrainerError
 from .optim import LR_SCHEDULERS
 
 DEMO_DEFAULTS = {"steps": 150, "rank": 8, "lr": 1e-3, "resolution": 64, "batch_size": 2}
+DEMO_FAMILIES = {"sd1": "tiny_sd15.safetensors", "sd2": "tiny_sd2.safetensors", "sdxl": "tiny_sdxl.safetensors"}
 
 
 def _quiet_libraries() -> None:
@@ -46,7 +47,7 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str,
     group.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 turns clipping off")
     group.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 1))
     group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    group.add_argument("--resolution", type=int, default=defaults.get("resolution", 512), help="square training size in px, a multiple of 64")
+    group.add_argument("--resolution", type=int, default=defaults.get("resolution"), help="square training size in px, a multiple of 64 (default: the base model's own: SD1.x 512, SD2.x 512 or 768 for v-models, SDXL 1024)")
     group.add_argument("--crop", default="center", choices=["center", "random"])
     group.add_argument("--no-flip", action="store_true", help="turn random horizontal flips off")
     group.add_argument("--seed", type=int, default=0)
@@ -68,6 +69,7 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("optimizer, loss, adapters, continuing and previews")
     group.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS), help="adamw (fused on CUDA), adamw8bit (needs bitsandbytes), adafactor, prodigy (needs prodigyopt; use --lr 1)")
     group.add_argument("--te-lr", type=float, default=None, help="text-encoder learning rate (default: --lr); turns text-encoder training on")
+    group.add_argument("--te2-lr", type=float, default=None, help="SDXL's second text encoder (OpenCLIP bigG) learning rate (default: --te-lr); turns text-encoder training on")
     group.add_argument("--warmup", dest="warmup_steps", type=float, default=0, help="warm-up in steps, or as a fraction of the run when below 1.0 (e.g. 0.05)")
     group.add_argument("--lr-cycles", type=int, default=1, help="restarts for cosine_with_restarts (default 1)")
     group.add_argument("--prediction", default="auto", choices=list(PREDICTIONS), help="training target: auto (the base model's scheduler), epsilon or v")
@@ -94,7 +96,7 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _depth_lora_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "train_text_encoder": args.train_text_encoder or args.te_rank is not None or args.te_lr is not None,
+        "train_text_encoder": args.train_text_encoder or args.te_rank is not None or args.te_lr is not None or args.te2_lr is not None,
         "text_encoder_rank": args.te_rank, "conv_rank": args.conv_rank, "conv_alpha": args.conv_alpha, "use_dora": args.dora,
         "adapter": args.adapter,
     }
@@ -102,7 +104,8 @@ def _depth_lora_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def _depth_train_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "optimizer": args.optimizer, "text_encoder_learning_rate": args.te_lr, "lr_cycles": args.lr_cycles,
+        "optimizer": args.optimizer, "text_encoder_learning_rate": args.te_lr, "text_encoder_2_learning_rate": args.te2_lr,
+        "lr_cycles": args.lr_cycles,
         "prediction": args.prediction, "loss": args.loss, "huber_c": args.huber_c, "min_snr_gamma": args.min_snr_gamma,
         "noise_offset": args.noise_offset, "max_bad_steps": args.max_bad_steps, "keep_last": args.keep_last,
         "sample_every": args.sample_every, "sample_prompts": tuple(args.sample_prompt), "sample_seed": args.sample_seed,
@@ -130,7 +133,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     captions.add_argument("--keep-tokens", type=int, default=0, help="leading tags that stay in place when shuffling (the trigger counts)")
     captions.add_argument("--tag-dropout", type=float, default=0.0, help="probability that each tag after the kept ones is dropped")
     buckets = parser.add_argument_group("aspect-ratio buckets")
-    buckets.add_argument("--bucket", action="store_true", help="train each image near its own aspect ratio (batches drawn from one bucket)")
+    buckets.add_argument("--bucket", action="store_const", const=True, default=None, help="train each image near its own aspect ratio (batches drawn from one bucket); on by default for SDXL")
+    buckets.add_argument("--no-bucket", dest="bucket", action="store_const", const=False, help="square crops even where the model family would use buckets")
     buckets.add_argument("--max-area", type=int, default=0, help="bucket area limit in px (default: resolution squared)")
     buckets.add_argument("--no-upscale", action="store_true", help="never enlarge an image to fit a bucket")
 
@@ -147,7 +151,7 @@ def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
         "shuffle_tags": getattr(args, "shuffle_tags", False),
         "keep_tokens": keep_tokens,
         "tag_dropout": getattr(args, "tag_dropout", 0.0),
-        "bucket": getattr(args, "bucket", False),
+        "bucket": getattr(args, "bucket", False),  # None on `train`: the model family's choice
         "max_area": getattr(args, "max_area", 0),
         "no_upscale": getattr(args, "no_upscale", False),
     }
@@ -156,7 +160,7 @@ def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
 def load_dataset_from_args(args: argparse.Namespace):
     """The dataset the data flags describe, trigger word added."""
     from .captioning import caption_dataset
-    from .dataset import load_folder_dataset
+    from .dataset import DEFAULT_RESOLUTION, load_folder_dataset
     from .errors import DatasetError
     from .hf_dataset import load_hf_dataset
 
@@ -176,7 +180,7 @@ def load_dataset_from_args(args: argparse.Namespace):
             raise DatasetError("--split, --image-column and --max-samples are for --hf-dataset; --data reads a folder.")
         dataset = load_folder_dataset(
             args.data, layout=args.layout, repeats=args.repeats, caption_extension=args.caption_extension,
-            caption_column=args.caption_column, resolution=args.resolution,
+            caption_column=args.caption_column, resolution=args.resolution or DEFAULT_RESOLUTION,
         )
     if args.trigger.strip():
         dataset = caption_dataset(dataset, "keep", trigger=args.trigger)
@@ -184,14 +188,15 @@ def load_dataset_from_args(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Train Stable Diffusion 1.x LoRAs offline.")
+    parser = argparse.ArgumentParser(prog="python -m core", description="Train SD1.x, SD2.x and SDXL LoRAs offline.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train on a built-in tiny model and synthetic images (no download)")
     demo.add_argument("--workdir", required=True, help="folder for the demo's model, images and LoRA")
+    demo.add_argument("--family", default="sd1", choices=list(DEMO_FAMILIES), help="which built-in tiny model to train: sd1 (default), sd2 or sdxl")
     _add_training_arguments(demo, DEMO_DEFAULTS)
     train = commands.add_parser("train", help="train a LoRA on your base model and images")
-    train.add_argument("--base", required=True, help="SD1.x checkpoint (.safetensors, LDM layout) or diffusers folder")
-    train.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder (vocab.json + merges.txt); diffusers folders bring their own")
+    train.add_argument("--base", required=True, help="SD1.x, SD2.x or SDXL checkpoint (.safetensors in the original layout) or diffusers folder")
+    train.add_argument("--tokenizer", default=None, help="CLIP tokenizer folder (vocab.json + merges.txt; every family's tokenizers are read from it, e.g. ComfyUI/comfy/sd1_tokenizer); diffusers folders bring their own")
     train.add_argument("--output", required=True, help="where to write the LoRA (.safetensors)")
     _add_data_arguments(train)
     _add_training_arguments(train, {})
@@ -248,7 +253,7 @@ def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
     checkpoint_dir = args.checkpoint_dir
     if (args.save_every or args.sample_every) and not checkpoint_dir:
         checkpoint_dir = str(output.with_name(output.stem + "_checkpoints"))
-    print(f"base: {base!r}\ndata: {dataset.summary()}\nlora: {lora_settings!r}", file=sys.stderr)
+    print(f"base: {base!r}\ndata: {dataset.summary()}\nlora: {lora_settings!r}\n{_target_line(base, settings)}", file=sys.stderr)
     result = train(
         base, dataset, lora_settings, settings,
         device=args.device, progress=ConsolePrinter(), checkpoint_dir=checkpoint_dir, resume_from=args.resume,
@@ -257,6 +262,19 @@ def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
     save_lora_file(result.lora, output)
     print(f"saved {output}", file=sys.stderr)
     return {"lora_path": str(output), **result.summary(), "checkpoint_dir": checkpoint_dir, "phase_seconds": result.phase_seconds}
+
+
+def _target_line(base, settings) -> str:
+    """What the run trains at and towards, and why: a single file does not say its prediction target."""
+    from .losses import resolve_prediction_type
+
+    resolved = settings.for_base(base)
+    family = base.model_family
+    size = f"{resolved.resolution} px" + (f" ({family.label}'s own size)" if settings.resolution is None else "")
+    buckets = "on" if resolved.bucket else "off"
+    target = resolve_prediction_type(settings.prediction, base.noise_scheduler)
+    why = base.prediction_reason if settings.prediction == "auto" else f"--prediction {settings.prediction}"
+    return f"model: {family.label}, {size}, buckets {buckets}, target {target} ({why})"
 
 
 def _load_dtype(args):
@@ -277,9 +295,9 @@ def run_demo(args) -> dict[str, Any]:
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer_dir = tiny.write_tiny_tokenizer(workdir / "tokenizer")
-    checkpoint = workdir / "tiny_sd15.safetensors"
+    checkpoint = workdir / DEMO_FAMILIES[args.family]
     if not checkpoint.exists():
-        tiny.save_ldm_checkpoint(tiny.build_base_model(tokenizer_dir, seed=0), checkpoint)
+        tiny.save_ldm_checkpoint(tiny.build_base_model(tokenizer_dir, seed=0, family=args.family), checkpoint)
     data_dir = workdir / "data"
     if not data_dir.exists():
         tiny.write_synthetic_dataset(data_dir, count=8, size=64)

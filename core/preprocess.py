@@ -29,12 +29,17 @@ def pil_to_tensor(image) -> torch.Tensor:
     return array.permute(2, 0, 1).float().div(127.5).sub(1.0)
 
 
+def cover_size(size: tuple[int, int], width: int, height: int) -> tuple[int, int]:
+    """The smallest (w, h) with ``size``'s aspect ratio that covers width x height."""
+    scale = max(width / size[0], height / size[1])
+    return (max(width, round(size[0] * scale)), max(height, round(size[1] * scale)))
+
+
 def resize_to_cover(image, width: int, height: int):
     """Resize (LANCZOS, aspect kept) to the smallest size that covers width x height."""
     from PIL import Image
 
-    scale = max(width / image.width, height / image.height)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    size = cover_size(image.size, width, height)
     return image if size == image.size else image.resize(size, Image.Resampling.LANCZOS)
 
 

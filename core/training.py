@@ -326,7 +326,8 @@ class Trainer:
             checkpoint_dir=str(self.checkpoint_dir) if self.checkpoint_dir else None, checkpoints=history.checkpoints,
             phase_seconds=self.timer.seconds, skipped_steps=history.skipped_steps, samples=history.samples,
             checkpoint_bytes=history.checkpoint_bytes, model_family=self.family.name, prediction_type=self.prediction_type,
-            prediction_reason=self.base.prediction_reason, resolution=self.settings.resolution,
+            prediction_reason=self.base.prediction_reason if self.settings.prediction == "auto" else f"the prediction setting ({self.settings.prediction})",
+            resolution=self.settings.resolution,
         )
 
     def _loop(self, start_step: int, parameters: list[torch.nn.Parameter]) -> tuple[int, bool, list[float], float | None]:

@@ -55,8 +55,8 @@ def input_channel_refusal(file: CheckpointFile, label: str) -> str | None:
     channels = unet_input_channels(file)
     if channels in (None, 4):
         return None
-    kind = {9: "an inpainting model", 5: "a depth-to-image model"}.get(channels, f"a model whose UNet takes {channels} input channels")
-    return f"an {label} {kind} (its UNet takes {channels} input channels; only text-to-image models with 4 can be trained)"
+    kind = {9: "inpainting model", 5: "depth-to-image model"}.get(channels, "model of another kind")
+    return f"an {label} {kind} (its UNet takes {channels} input channels; only text-to-image models, with 4, can be trained)"
 
 
 def read_json(path: Path) -> dict[str, Any]:
