@@ -134,3 +134,14 @@ def seed_device_generator(device: torch.device, seed: int) -> None:
 
 def torch_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]
+
+
+def accelerator_memory(device: torch.device | str | None) -> int | None:
+    """Total memory of a CUDA or XPU device in bytes; None for the CPU, MPS (shared memory) and the unknown."""
+    if device is None:
+        return None
+    device = torch.device(device)
+    backend = getattr(torch, device.type, None) if device.type in ("cuda", "xpu") else None
+    if backend is None or not backend.is_available():
+        return None
+    return int(backend.get_device_properties(device).total_memory)

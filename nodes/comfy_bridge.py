@@ -14,6 +14,8 @@ from typing import Any, Callable
 LORA_LOGS = "lora_logs"
 DIFFUSERS = "diffusers"
 PROGRESS_EVENT = "lora_trainer.progress"
+CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # UNet cross-attention width -> family
+BASE_EVENT = "lora_trainer.base"  # {"node": id, "text": the loaded base model's family and training size}
 
 
 class ComfyAPI:
@@ -133,6 +135,11 @@ class ComfyAPI:
         return True
 
     # ------------------------------------------------------------------ LoRA on ComfyUI models
+
+    def model_family(self, model) -> str | None:
+        """Our family name for a ComfyUI MODEL, from the text width its UNet reads; None for what we do not train."""
+        config = getattr(getattr(getattr(model, "model", None), "model_config", None), "unet_config", None) or {}
+        return CONTEXT_FAMILIES.get(config.get("context_dim"))
 
     def apply_lora(self, model, clip, tensors: dict, strength_model: float, strength_clip: float):
         """Patch MODEL/CLIP with ComfyUI's own LoRA loader (the same path as its Load LoRA node)."""

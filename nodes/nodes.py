@@ -14,13 +14,14 @@ from ..core.errors import DatasetError, ModelLoadError, OutputPathError, Trainer
 from ..core.paths import safe_child
 
 from . import types as T
-from .comfy_bridge import DIFFUSERS, LORA_LOGS, api
+from .comfy_bridge import BASE_EVENT, DIFFUSERS, LORA_LOGS, api
 
 CATEGORY = "LoRA Trainer"
 PREFIX = "LoRATrainer_"
 DIFFUSERS_TAG = "[diffusers] "
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
 PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+BUCKET_CHOICES = ["auto", "on", "off"]
 
 
 # --------------------------------------------------------------------------- base model
@@ -53,37 +54,46 @@ def resolve_checkpoint(name: str) -> tuple[Path, bool]:
 
 
 class LoadBaseCheckpoint:
-    DESCRIPTION = "Load an SD1.x checkpoint (single file from models/checkpoints or a diffusers folder from models/diffusers) as the base model to train a LoRA on. Works offline; the CLIP tokenizer comes from ComfyUI itself."
+    DESCRIPTION = "Load an SD1.x, SD2.x or SDXL checkpoint (single file from models/checkpoints or a diffusers folder from models/diffusers) as the base model to train a LoRA on; the family found is shown on the node. Works offline; the CLIP tokenizers come from ComfyUI itself."
     CATEGORY = CATEGORY
     RETURN_TYPES = (T.BASE,)
     RETURN_NAMES = ("base",)
-    OUTPUT_TOOLTIPS = ("The base model (UNet, VAE, text encoder, tokenizer) for TrainLoRA.",)
+    OUTPUT_TOOLTIPS = ("The base model (UNet, VAE, text encoders, tokenizers) and its family, for TrainLoRA.",)
     FUNCTION = "load"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {
-            "checkpoint": (checkpoint_choices(), {"tooltip": "SD1.x checkpoint from models/checkpoints, or a diffusers folder from models/diffusers ([diffusers] prefix)."}),
-            "precision": (PRECISIONS, {"default": "auto", "tooltip": "Storage precision of the UNet and text encoder: auto = fp16 on a GPU, fp32 on the CPU. The VAE always stays fp32 (SD1.x's VAE overflows in fp16)."}),
-        }}
+        return {
+            "required": {
+                "checkpoint": (checkpoint_choices(), {"tooltip": "SD1.x, SD2.x or SDXL checkpoint from models/checkpoints, or a diffusers folder from models/diffusers ([diffusers] prefix)."}),
+                "precision": (PRECISIONS, {"default": "auto", "tooltip": "Storage precision of the UNet and text encoders: auto = fp16 on a GPU, fp32 on the CPU. The VAE always stays fp32 (the SD and SDXL VAEs overflow in fp16)."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }
 
-    def load(self, checkpoint, precision):
+    def load(self, checkpoint, precision, unique_id=None):
         import torch
 
         from ..core.model_loading import load_base_model
 
         path, is_folder = resolve_checkpoint(checkpoint)
         tokenizer = None if is_folder and (path / "tokenizer" / "vocab.json").is_file() else api().tokenizer_dir()
-        # ComfyUI runs nodes under torch.inference_mode(); tensors made there can never join autograd, so load outside it.
-        with torch.inference_mode(False):
-            base = load_base_model(path, tokenizer)
         device = api().torch_device()
         chosen = precision if precision != "auto" else ("fp16" if getattr(device, "type", "cpu") != "cpu" else "fp32")
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[chosen]
-        if dtype != torch.float32:
-            base.unet.to(dtype)
-            base.text_encoder.to(dtype)
+        # ComfyUI runs nodes under torch.inference_mode(); tensors made there can never join autograd, so load outside it.
+        # Read straight into the storage precision: an SDXL file is never held in fp32 on the way.
+        with torch.inference_mode(False):
+            base = load_base_model(path, tokenizer, dtype=dtype)
+        api().send_event(BASE_EVENT, {"node": str(unique_id or ""), "phase": "base", "text": base_summary(base)})
         return (base,)
+
+
+def base_summary(base) -> str:
+    """What the node shows under its widgets: the family and what it implies for training."""
+    family = base.model_family
+    reason = f" ({base.prediction_reason})" if base.prediction_reason else ""
+    return f"{family.label}, trains at {family.training_resolution(base)} px, target {base.prediction_type}{reason}"
 
 
 # --------------------------------------------------------------------------- datasets
@@ -273,33 +283,36 @@ class TrainLoRA:
                 "steps": ("INT", {"default": 1000, "min": 1, "max": 1_000_000, "tooltip": "Optimizer steps to train."}),
                 "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-7, "max": 1.0, "step": 1e-6, "round": False, "tooltip": "AdamW learning rate; 1e-4 is a safe start for rank 4-16."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per step. 1 fits an 8 GB card at 512 px."}),
-                "resolution": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 64, "tooltip": "Square training size in pixels (SD1.x: 512)."}),
+                "resolution": ("INT", {"default": 0, "min": 0, "max": 2048, "step": 64, "tooltip": "Square training size in pixels; 0 uses the base model's own (SD1.x 512, SD2.x 512 or 768 for v-models, SDXL 1024)."}),
                 "training_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False, "tooltip": "Every random choice derives from this seed: same seed and settings, same LoRA."}),
                 "save_every": ("INT", {"default": 200, "min": 0, "max": 1_000_000, "tooltip": "Write a resumable checkpoint every N steps (0: only when cancelled and at the end)."}),
                 "checkpoint_folder": ("STRING", {"default": "my_lora", "tooltip": "Folder under models/lora_logs for this run's checkpoints. Queueing again with the same folder and settings resumes there."}),
                 "lr_scheduler": (["cosine", "constant", "constant_with_warmup", "linear"], {"default": "cosine", "tooltip": "How the learning rate changes over the run."}),
                 "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 100_000, "tooltip": "Steps of linear learning-rate warm-up at the start."}),
                 "precision": (PRECISIONS, {"default": "auto", "tooltip": "Mixed precision for training: auto = bf16/fp16 on a GPU, fp32 on the CPU."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Use less memory for more compute; turn on if training runs out of memory."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Use less memory for more compute; turn on if training runs out of memory. SDXL on a card under 16 GB turns it on by itself."}),
                 "random_flip": ("BOOLEAN", {"default": True, "tooltip": "Mirror images at random (turn off for text, logos or asymmetric subjects)."}),
+            },
+            "optional": {
+                "aspect_buckets": (BUCKET_CHOICES, {"default": "auto", "tooltip": "Train each image near its own aspect ratio instead of a square crop. auto: on for SDXL, off for SD1.x/SD2.x."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, base, dataset, lora_config, steps, learning_rate, batch_size, resolution, training_seed, save_every,
-              checkpoint_folder, lr_scheduler, warmup_steps, precision, gradient_checkpointing, random_flip, unique_id=None):
+              checkpoint_folder, lr_scheduler, warmup_steps, precision, gradient_checkpointing, random_flip, aspect_buckets="auto", unique_id=None):
         import torch
 
-        from ..core.training import Trainer, TrainSettings
+        from ..core.training import Trainer
 
-        from .training_run import ComfyProgress, resume_point
+        from .training_run import ComfyProgress, node_settings, resume_point
 
         bridge = api()
-        settings = TrainSettings(
-            steps=int(steps), learning_rate=float(learning_rate), batch_size=int(batch_size), resolution=int(resolution),
-            seed=int(training_seed), lr_scheduler=lr_scheduler, warmup_steps=int(warmup_steps), precision=precision,
-            gradient_checkpointing=bool(gradient_checkpointing), random_flip=bool(random_flip), save_every=int(save_every),
-            output_name=(checkpoint_folder or "lora").strip().replace("/", "_"),
+        settings = node_settings(
+            base, bridge.torch_device(), steps=steps, learning_rate=learning_rate, batch_size=batch_size, resolution=resolution,
+            seed=training_seed, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, precision=precision,
+            gradient_checkpointing=gradient_checkpointing, random_flip=random_flip, save_every=save_every,
+            checkpoint_folder=checkpoint_folder, aspect_buckets=aspect_buckets,
         )
         settings.validate(dataset.num_samples)
         checkpoint_dir = safe_child(lora_logs_root(), checkpoint_folder, "checkpoint folder")
@@ -398,7 +411,7 @@ class SaveLoRA:
 
 
 class ApplyLoRA:
-    DESCRIPTION = "Apply a LoRA straight from TrainLoRA to a MODEL (and optionally a CLIP) for sampling in the same graph, through ComfyUI's own LoRA loader, without saving a file first."
+    DESCRIPTION = "Apply a LoRA straight from TrainLoRA to a MODEL (and optionally a CLIP) for sampling in the same graph, through ComfyUI's own LoRA loader, without saving a file first. A LoRA of another model family (an SD1.x LoRA on SDXL) is refused."
     CATEGORY = CATEGORY
     RETURN_TYPES = ("MODEL", "CLIP")
     RETURN_NAMES = ("model", "clip")
@@ -420,8 +433,13 @@ class ApplyLoRA:
         }
 
     def apply(self, model, lora, strength_model, strength_clip, clip=None):
+        from ..core.families import check_lora_family, family_named
+
         if not lora:
             raise TrainerError("The LoRA is empty; connect the lora output of TrainLoRA.")
+        family = api().model_family(model)
+        if family is not None:
+            check_lora_family(lora, getattr(lora, "metadata", None) or {}, family_named(family), "The LoRA")
         patched_model, patched_clip = api().apply_lora(model, clip, lora, float(strength_model), float(strength_clip) if clip is not None else 0.0)
         return (patched_model, patched_clip if clip is not None else None)
 

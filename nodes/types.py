@@ -31,9 +31,9 @@ class TrainedLoRA(dict):
 
     @property
     def modules(self) -> int:
-        from ..core.lora import TEXT_ENCODER_PREFIX, UNET_PREFIX, file_module_stems
+        from ..core.lora import TEXT_ENCODER_PREFIXES, UNET_PREFIX, file_module_stems
 
-        return len(file_module_stems(self, UNET_PREFIX)) + len(file_module_stems(self, TEXT_ENCODER_PREFIX))
+        return len(file_module_stems(self, UNET_PREFIX)) + len(file_module_stems(self, TEXT_ENCODER_PREFIXES))
 
     def __repr__(self) -> str:
         meta = self.metadata

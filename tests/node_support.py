@@ -125,6 +125,9 @@ class StandinComfy:
         return True
 
     # LoRA
+    def model_family(self, model):
+        return getattr(model, "lora_trainer_family", None)  # tests mark a stand-in MODEL with the family it plays
+
     def apply_lora(self, model, clip, tensors, strength_model, strength_clip):
         """Patch a copy of a diffusers UNet (our stand-in MODEL) by kohya key, recording keys that map to nothing."""
         import torch

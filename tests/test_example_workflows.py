@@ -11,7 +11,7 @@ from workflow_support import all_specs
 SUITE = load_suite()
 SPECS = all_specs(SUITE.NODE_CLASS_MAPPINGS)
 WORKFLOW_DIR = ROOT / "example_workflows"
-EXPECTED = ["caption_then_train", "one_line_art_folder", "pokemon_hf_dataset", "train_then_sample"]
+EXPECTED = ["caption_then_train", "one_line_art_folder", "pokemon_hf_dataset", "sdxl_train_then_sample", "train_then_sample"]
 
 
 def load(name):
@@ -25,7 +25,7 @@ def widgets(workflow, node_type):
     return [dict(zip(names, n["widgets_values"])) for n in nodes]
 
 
-def test_the_four_workflows_are_there():
+def test_the_five_workflows_are_there():
     assert sorted(p.stem for p in WORKFLOW_DIR.glob("*.json")) == EXPECTED
 
 
@@ -76,3 +76,12 @@ def test_folder_and_sampling_workflows():
     model_sources = sorted(by_id[link[1]]["type"] for link in sample["links"] if link[5] == "MODEL" and by_id[link[3]]["type"] == "KSampler")
     assert model_sources == ["CheckpointLoaderSimple", "LoRATrainer_ApplyLoRA"], "one sampler with the LoRA, one without"
     assert all(n["widgets_values"][1] == "fixed" for n in samplers), "a randomized seed would re-run sampling, never training, but fixed compares fairly"
+
+
+def test_sdxl_workflow_trains_at_the_family_size_and_samples_with_and_without():
+    sdxl = load("sdxl_train_then_sample")
+    assert widgets(sdxl, "LoRATrainer_LoadBaseCheckpoint")[0]["checkpoint"] == "sd_xl_base_1.0.safetensors"
+    train = widgets(sdxl, "LoRATrainer_TrainLoRA")[0]
+    assert (train["resolution"], train["aspect_buckets"], train["gradient_checkpointing"]) == (0, "auto", True), "SDXL's 1024 and buckets, 8 GB-ready"
+    assert widgets(sdxl, "EmptyLatentImage")[0]["width"] == 1024
+    assert len([n for n in sdxl["nodes"] if n["type"] == "KSampler"]) == 2

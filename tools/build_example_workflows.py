@@ -18,7 +18,7 @@ from workflow_support import all_specs  # noqa: E402
 SPECS = all_specs(load_suite().NODE_CLASS_MAPPINGS)
 P = "LoRATrainer_"
 DEFAULT_TRAIN = dict(steps=1000, learning_rate=1e-4, batch_size=1, resolution=512, training_seed=0, save_every=200, checkpoint_folder="my_lora",
-                     lr_scheduler="cosine", warmup_steps=0, precision="auto", gradient_checkpointing=False, random_flip=True)
+                     lr_scheduler="cosine", warmup_steps=0, precision="auto", gradient_checkpointing=False, random_flip=True, aspect_buckets="auto")
 SAMPLER = dict(seed=42, control_after_generate="fixed", steps=25, cfg=7.0, sampler_name="euler_ancestral", scheduler="normal", denoise=1.0)
 
 
@@ -61,9 +61,12 @@ class Workflow:
         }
 
 
+LORA_CONFIG = dict(alpha=0.0, dropout=0.0, targets="kohya", train_text_encoder=False, adapter="lora", dora=False, conv_rank=0, text_encoder_rank=0)
+
+
 def training_chain(flow, dataset_node, *, checkpoint, rank, train, lora_name, y=0):
     base = flow.add(P + "LoadBaseCheckpoint", (0, y), {"checkpoint": checkpoint, "precision": "auto"})
-    config = flow.add(P + "LoRAConfig", (0, y + 420), {"rank": rank, "alpha": 0.0, "dropout": 0.0, "targets": "kohya", "train_text_encoder": False}, size=(320, 180))
+    config = flow.add(P + "LoRAConfig", (0, y + 420), {"rank": rank, **LORA_CONFIG}, size=(320, 180))
     trainer = flow.add(P + "TrainLoRA", (380, y), {**DEFAULT_TRAIN, **train}, size=(380, 640),
                        base=(base, 0), dataset=(dataset_node, 0), lora_config=(config, 0))
     save = flow.add(P + "SaveLoRA", (820, y), {"lora_name": lora_name, "overwrite": False}, lora=(trainer, 0))
@@ -101,24 +104,39 @@ def train_then_sample():
     data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "auto", "repeats": 1})
     _, trainer, _ = training_chain(flow, data, checkpoint="Dreamshaper_8_pruned.safetensors", rank=4, lora_name="one_line_art_lora",
                                    train=dict(steps=64, save_every=16, checkpoint_folder="one_line_art"))
-    loader = flow.add("CheckpointLoaderSimple", (0, 700), {"ckpt_name": "Dreamshaper_8_pruned.safetensors"})
+    sample_with_and_without(flow, trainer, "Dreamshaper_8_pruned.safetensors", "a one line art drawing of a cat", 512)
+    return flow
+
+
+def sdxl_train_then_sample():
+    """SDXL from a folder at its own size (resolution 0 = 1024, buckets auto = on), settings that fit an 8 GB card."""
+    flow = Workflow()
+    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "my_sdxl_images", "layout": "auto", "repeats": 1})
+    _, trainer, _ = training_chain(flow, data, checkpoint="sd_xl_base_1.0.safetensors", rank=16, lora_name="my_sdxl_lora",
+                                   train=dict(steps=1500, resolution=0, save_every=250, checkpoint_folder="my_sdxl_lora", gradient_checkpointing=True))
+    sample_with_and_without(flow, trainer, "sd_xl_base_1.0.safetensors", "a photo of sks dog on a beach", 1024)
+    return flow
+
+
+def sample_with_and_without(flow, trainer, checkpoint, prompt, size):
+    """The same prompt and seed sampled with the trained LoRA (through ApplyLoRA) and without it."""
+    loader = flow.add("CheckpointLoaderSimple", (0, 700), {"ckpt_name": checkpoint})
     apply = flow.add(P + "ApplyLoRA", (380, 700), {"strength_model": 1.0, "strength_clip": 1.0}, size=(320, 150),
                      model=(loader, 0), lora=(trainer, 0), clip=(loader, 1))
-    positive = flow.add("CLIPTextEncode", (760, 700), {"text": "a one line art drawing of a cat"}, size=(360, 120), clip=(apply, 1))
+    positive = flow.add("CLIPTextEncode", (760, 700), {"text": prompt}, size=(360, 120), clip=(apply, 1))
     negative = flow.add("CLIPTextEncode", (760, 860), {"text": "blurry, low quality"}, size=(360, 120), clip=(apply, 1))
-    latent = flow.add("EmptyLatentImage", (760, 1020), {"width": 512, "height": 512, "batch_size": 1})
+    latent = flow.add("EmptyLatentImage", (760, 1020), {"width": size, "height": size, "batch_size": 1})
     with_lora = flow.add("KSampler", (1160, 700), SAMPLER, size=(320, 260), title="KSampler (with LoRA)",
                          model=(apply, 0), positive=(positive, 0), negative=(negative, 0), latent_image=(latent, 0))
     decoded = flow.add("VAEDecode", (1520, 700), {}, size=(200, 50), samples=(with_lora, 0), vae=(loader, 2))
     flow.add("SaveImage", (1760, 700), {"filename_prefix": "with_lora"}, size=(320, 320), images=(decoded, 0))
     # The same prompt through the model without the LoRA, for comparison.
-    plain_positive = flow.add("CLIPTextEncode", (760, 1180), {"text": "a one line art drawing of a cat"}, size=(360, 120), clip=(loader, 1))
+    plain_positive = flow.add("CLIPTextEncode", (760, 1180), {"text": prompt}, size=(360, 120), clip=(loader, 1))
     plain_negative = flow.add("CLIPTextEncode", (760, 1340), {"text": "blurry, low quality"}, size=(360, 120), clip=(loader, 1))
     without = flow.add("KSampler", (1160, 1180), SAMPLER, size=(320, 260), title="KSampler (without LoRA)",
                        model=(loader, 0), positive=(plain_positive, 0), negative=(plain_negative, 0), latent_image=(latent, 0))
     plain_decoded = flow.add("VAEDecode", (1520, 1180), {}, size=(200, 50), samples=(without, 0), vae=(loader, 2))
     flow.add("SaveImage", (1760, 1180), {"filename_prefix": "without_lora"}, size=(320, 320), images=(plain_decoded, 0))
-    return flow
 
 
 WORKFLOWS = {
@@ -126,6 +144,7 @@ WORKFLOWS = {
     "one_line_art_folder": one_line_art,
     "caption_then_train": caption_then_train,
     "train_then_sample": train_then_sample,
+    "sdxl_train_then_sample": sdxl_train_then_sample,
 }
 
 

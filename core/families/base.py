@@ -49,6 +49,9 @@ class ModelFamily:
     name: str = ""  # stored in checkpoints and BaseModel.family: "sd1", "sd2", "sdxl"
     label: str = ""  # "SD1.x", "SD2.x", "SDXL"
     default_bucket: bool = False  # aspect-ratio buckets when the user leaves the choice to us
+    # Cards with less memory than this need gradient checkpointing for a step at the family's size, batch 1
+    # (the node turns it on there); None where the family fits an 8 GB card without it.
+    checkpointing_below_bytes: int | None = None
     text_encoders: tuple[TextEncoderSlot, ...] = ()
     denoiser_prefix: str = "lora_unet_"
 
