@@ -12,17 +12,24 @@ from pathlib import Path
 
 from core import tiny
 
-MODELS = ("tiny", "sd15")
+MODELS = ("tiny", "sd15")  # the ones compared with the SD1.5 reference script
+# Every model a benchmark can build: (family, full size).
+ARCHITECTURES = {"tiny": ("sd1", False), "sd15": ("sd1", True), "tiny-sdxl": ("sdxl", False), "sdxl": ("sdxl", True), "sd2": ("sd2", True)}
 
 
 def build_model(workdir: Path, model: str) -> Path:
-    """A diffusers folder for ``tiny`` or the full-size SD1.5 architecture (random weights), built once."""
+    """A diffusers folder of a model in ``ARCHITECTURES`` (random weights), built once.
+
+    Full-size SDXL is built and stored in bf16 (its fp32 weights alone are 14 GB); the others in fp32."""
+    import torch
+
     folder = workdir / f"{model}_diffusers"
     if (folder / "model_index.json").is_file():
         return folder
-    full_size = model == "sd15"
+    family, full_size = ARCHITECTURES[model]
     tokenizer_dir = tiny.write_tiny_tokenizer(workdir / f"{model}_tokenizer", vocab_size=tiny.CLIP_VOCAB_SIZE if full_size else None)
-    base = tiny.build_base_model(tokenizer_dir, seed=0, full_size=full_size)
+    dtype = torch.bfloat16 if model == "sdxl" else None
+    base = tiny.build_base_model(tokenizer_dir, seed=0, full_size=full_size, family=family, dtype=dtype)
     staging = workdir / f".{model}_diffusers.partial"
     shutil.rmtree(staging, ignore_errors=True)
     tiny.save_diffusers_folder(base, staging, tokenizer_dir)
@@ -32,8 +39,8 @@ def build_model(workdir: Path, model: str) -> Path:
 
 def build_data(workdir: Path, size: int, count: int = 8) -> tuple[Path, Path]:
     """(ours, reference) dataset folders holding the same images and captions."""
-    ours = workdir / f"data_{size}"
-    reference = workdir / f"data_{size}_imagefolder"
+    ours = workdir / (f"data_{size}" if count == 8 else f"data_{size}_{count}")
+    reference = ours.with_name(ours.name + "_imagefolder")
     if not ours.exists():
         tiny.write_synthetic_dataset(ours, count=count, size=size)
     if not reference.exists():

@@ -21,7 +21,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from bench.assets import MODELS, build_data, build_model
+from bench.assets import ARCHITECTURES, build_data, build_model
 
 # The columns of torch.profiler's exported memory timeline: a leading zero, then its categories.
 TIMELINE_CATEGORIES = ("none", "parameter", "optimizer_state", "input", "temporary", "activation", "gradient", "autograd_detail", "unknown")
@@ -29,8 +29,10 @@ TIMELINE_CATEGORIES = ("none", "parameter", "optimizer_state", "input", "tempora
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench.step_memory", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=MODELS, default="tiny")
-    parser.add_argument("--resolution", type=int, default=None, help="default: 64 for tiny, 512 for sd15")
+    parser.add_argument("--model", choices=list(ARCHITECTURES), default="tiny")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 64 for the tiny models, else the family's own (512, SDXL 1024)")
+    parser.add_argument("--images", type=int, default=8, help="images in the synthetic dataset (cached before the steps)")
+    parser.add_argument("--text-encoder", action="store_true", help="train text-encoder adapters too (turns the caption cache off)")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
@@ -67,9 +69,10 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     workdir = Path(args.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    resolution = args.resolution or (64 if args.model == "tiny" else 512)
+    family, full_size = ARCHITECTURES[args.model]
+    resolution = args.resolution or (64 if not full_size else 1024 if family == "sdxl" else 512)
     model_dir = build_model(workdir, args.model)
-    data_dir, _ = build_data(workdir, resolution)
+    data_dir, _ = build_data(workdir, resolution, count=args.images)
 
     from core.cli import _quiet_libraries
 
@@ -86,14 +89,14 @@ def main(argv=None) -> int:
     )
     trainer = Trainer(
         load_base_model(model_dir, dtype=torch_dtype(args.precision)), load_folder_dataset(data_dir),
-        LoRASettings(rank=args.rank), settings, device="cpu", release_frozen_models=True,
+        LoRASettings(rank=args.rank, train_text_encoder=args.text_encoder), settings, device="cpu", release_frozen_models=True,
         cpu_matmul_convolutions=False, cpu_onednn_linears=False,
     )
     with tempfile.TemporaryDirectory() as scratch:
         peak = profiled_step_memory(trainer, profiled_step=1, timeline_path=Path(scratch) / "timeline.json")
     print(json.dumps({
         "model": args.model, "resolution": resolution, "batch_size": args.batch_size, "rank": args.rank,
-        "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing,
+        "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing, "text_encoder": args.text_encoder,
         "projected_peak_allocated_bytes": peak["total"],
         "at_peak_by_category_bytes": {name: size for name, size in peak.items() if name != "total"},
     }))

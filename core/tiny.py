@@ -115,8 +115,11 @@ def _configs(family: str, full_size: bool, vocab_size: int) -> tuple[dict, dict,
     return unet_config, vae_config, text_configs
 
 
-def build_base_model(tokenizer_dir: Path, seed: int = 0, full_size: bool = False, family: str = "sd1") -> BaseModel:
-    """Random-weight base model of a family (tiny by default), deterministic for a seed."""
+def build_base_model(tokenizer_dir: Path, seed: int = 0, full_size: bool = False, family: str = "sd1", dtype: torch.dtype | None = None) -> BaseModel:
+    """Random-weight base model of a family (tiny by default), deterministic for a seed.
+
+    ``dtype`` builds the UNet and text encoders in that dtype from the start (a full-size SDXL is
+    10 GB in fp32); the VAE stays fp32."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     from .families import family_named
@@ -125,12 +128,17 @@ def build_base_model(tokenizer_dir: Path, seed: int = 0, full_size: bool = False
     tokenizers = [load_tokenizer(tokenizer_dir, slot.pad_token) for slot in slots]
     unet_config, vae_config, text_configs = _configs(family, full_size, len(tokenizers[0]))
     generator_state = torch.random.get_rng_state()
+    default_dtype = torch.get_default_dtype()
     torch.manual_seed(seed)
     try:
+        torch.set_default_dtype(dtype or default_dtype)
         unet = UNet2DConditionModel.from_config(unet_config)
+        torch.set_default_dtype(default_dtype)
         vae = AutoencoderKL.from_config(vae_config)
+        torch.set_default_dtype(dtype or default_dtype)
         encoders = [text_encoder_from_config(config, with_projection=index == 1) for index, config in enumerate(text_configs)]
     finally:
+        torch.set_default_dtype(default_dtype)
         torch.random.set_rng_state(generator_state)
     size = "tiny" if not full_size else "full-size"
     extra = {"text_encoder_2": encoders[1].eval().requires_grad_(False), "tokenizer_2": tokenizers[1]} if len(encoders) > 1 else {}
