@@ -373,3 +373,36 @@ def test_sd2_prediction_follows_metadata_then_comfyuis_rule(tiny_assets, tmp_pat
     forced = load_base_model(tmp_path / "spread.safetensors", tiny_assets["tokenizer"], prediction_type="epsilon")
     assert forced.prediction_type == "epsilon"
     assert family_named("sd2").metadata("v_prediction")["ss_base_model_version"] == "sd_v2_v"
+
+
+class StopAfterInit(Exception):
+    pass
+
+
+class InitRoundTrip(Trainer):
+    """Stops once the initial LoRA file is loaded, keeping the file this run would write from it."""
+
+    exported = None
+
+    def _fast_forward_schedule(self, step):
+        from core.export import export_lora
+
+        InitRoundTrip.exported = export_lora(self, step).tensors
+        raise StopAfterInit
+
+
+@pytest.mark.parametrize("adapter", [dict(use_dora=True), dict(adapter="loha"), dict(adapter="lokr")], ids=["dora", "loha", "lokr"])
+def test_every_adapter_type_continues_from_its_sdxl_file(tiny_assets, tmp_path, adapter):
+    """A LoCon + both-text-encoder file of each type, read back by --init-lora, is the same file again."""
+    model = tiny.build_base_model(tiny_assets["tokenizer"], family="sdxl")
+    settings = LoRASettings(rank=2, targets="kohya+conv", conv_rank=2, train_text_encoder=True, **adapter)
+    first = train(model, tiny_shapes(tmp_path), settings, TrainSettings(**QUICK))
+    path = save_lora_file(first.lora, tmp_path / "first.safetensors")
+    assert {re.match(r"lora_(unet|te\d)_", k)[0] for k in first.lora.tensors} == {"lora_unet_", "lora_te1_", "lora_te2_"}
+    with pytest.raises(StopAfterInit):
+        InitRoundTrip(model, tiny_shapes(tmp_path), settings, TrainSettings(**{**QUICK, "steps": 5}), init_lora=path).run()
+    again = InitRoundTrip.exported
+    assert set(again) == set(first.lora.tensors)
+    largest = max(float(value.abs().max()) for value in first.lora.tensors.values())
+    for key, value in first.lora.tensors.items():
+        assert (again[key] - value).abs().max() <= 1e-6 * max(1.0, largest), key
