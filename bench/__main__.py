@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from bench.assets import MODELS, build_data, build_model
+from bench.assets import ARCHITECTURES, MODELS, build_data, build_model
 
 ROOT = Path(__file__).resolve().parent.parent
 VARIANT_FLAGS = {
@@ -32,8 +32,9 @@ VARIANT_FLAGS = {
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--model", choices=[*MODELS, "all"], default="tiny")
-    parser.add_argument("--resolution", type=int, default=None, help="default: 64 for tiny, 256 for sd15")
+    parser.add_argument("--model", choices=[*ARCHITECTURES, "all"], default="tiny",
+                        help="all: tiny and sd15 (the models REFERENCE_SCRIPT, diffusers' SD1.5 script, can train); sdxl, sd2, tiny-sdxl run ours only")
+    parser.add_argument("--resolution", type=int, default=None, help="default: 64 for the tiny models, 256 for the full-size ones")
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
@@ -69,7 +70,7 @@ def main(argv=None) -> int:
     reference_script = os.environ.get("REFERENCE_SCRIPT")
     device_type = (args.device or ("cuda" if _cuda_available() else "cpu")).split(":")[0]
     for model in (MODELS if args.model == "all" else (args.model,)):
-        resolution = args.resolution or (64 if model == "tiny" else 256)
+        resolution = args.resolution or (256 if ARCHITECTURES[model][1] else 64)
         model_dir = build_model(workdir, model)
         ours_data, reference_data = build_data(workdir, resolution)
         config = {"model": model, "resolution": resolution, "batch_size": args.batch_size, "rank": args.rank,
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
         for repeat in range(args.repeats):
             tag = {"repeat": repeat + 1} if args.repeats > 1 else {}
             reference = None
-            if reference_script:
+            if reference_script and model in MODELS:
                 reference = run_reference(reference_script, args, model_dir, reference_data, resolution, device_type, workdir, env)
                 print(json.dumps({**config, "variant": "reference", **tag, **reference}), flush=True)
             for variant in args.variants.split(","):

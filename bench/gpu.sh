@@ -4,13 +4,17 @@
 # (8-bit AdamW needs bitsandbytes; without it that line reports the one-sentence error instead).
 # Prints one JSON line per configuration with images/s and peak allocated memory. With
 # REFERENCE_SCRIPT set, each group also runs diffusers' train_text_to_image_lora.py and prints ratios.
-# MODEL, RESOLUTION, DEVICE, STEPS and WARMUP override the defaults; the test suite runs this script
-# with MODEL=tiny DEVICE=cpu so that it keeps working on machines without a GPU.
+# Then SDXL (full-size architecture, random weights, XL_RESOLUTION 1024, rank 16, batch 1): bf16 with and
+# without gradient checkpointing, the 8 GB configuration (UNet only, cached latents and text, bf16 weights).
+# MODEL, RESOLUTION, XL_MODEL, XL_RESOLUTION, DEVICE, STEPS and WARMUP override the defaults; the test suite
+# runs this script with MODEL=tiny XL_MODEL=tiny-sdxl DEVICE=cpu so that it keeps working without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
 MODEL="${MODEL:-sd15}"
 RESOLUTION="${RESOLUTION:-512}"
+XL_MODEL="${XL_MODEL:-sdxl}"
+XL_RESOLUTION="${XL_RESOLUTION:-1024}"
 DEVICE="${DEVICE:-cuda}"
 STEPS="${STEPS:-12}"
 WARMUP="${WARMUP:-3}"
@@ -20,3 +24,5 @@ run() {
 run --precision bf16 --batch-size 1 --variants default,checkpointing,checkpointing+adamw8bit
 run --precision bf16 --batch-size 4 --variants default,checkpointing
 run --precision fp16 --batch-size 1 --variants default,checkpointing
+"$PYTHON" -m bench --model "$XL_MODEL" --resolution "$XL_RESOLUTION" --rank 16 --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" \
+  --precision bf16 --batch-size 1 --variants default,checkpointing

@@ -76,20 +76,25 @@ def test_bench_repeats_pair_each_round_with_its_own_reference_run(tmp_path):
 def test_gpu_script_runs_its_configurations_on_the_tiny_model_on_the_cpu(tmp_path):
     """bench/gpu.sh has no GPU to run on in CI: the same command lines on the tiny model keep it from rotting."""
     env = {k: v for k, v in os.environ.items() if k != "REFERENCE_SCRIPT"}
-    env.update(PYTHON=sys.executable, MODEL="tiny", RESOLUTION="64", DEVICE="cpu", STEPS="2", WARMUP="0", TMPDIR=str(tmp_path))
+    env.update(PYTHON=sys.executable, MODEL="tiny", RESOLUTION="64", XL_MODEL="tiny-sdxl", XL_RESOLUTION="64", DEVICE="cpu", STEPS="2",
+               WARMUP="0", TMPDIR=str(tmp_path))
     process = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert process.returncode == 0, process.stderr[-2000:]
     lines = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
     assert [(line["precision"], line["batch_size"], line["variant"]) for line in lines] == [
         ("bf16", 1, "default"), ("bf16", 1, "checkpointing"), ("bf16", 1, "checkpointing+adamw8bit"),
         ("bf16", 4, "default"), ("bf16", 4, "checkpointing"), ("fp16", 1, "default"), ("fp16", 1, "checkpointing"),
+        ("bf16", 1, "default"), ("bf16", 1, "checkpointing"),
     ]
+    assert [line["model"] for line in lines] == ["tiny"] * 7 + ["tiny-sdxl"] * 2
+    for line in lines[7:]:
+        assert "error" not in line and line["images_per_second"] > 0, line
     assert all(line["rank"] == 16 and line["resolution"] == 64 for line in lines)
     for line in lines[:2] + lines[3:5]:
         assert "error" not in line, line
         assert line["images_per_second"] > 0 and line["peak_memory_bytes"] > 0
     assert "error" not in lines[2] or "bitsandbytes" in lines[2]["log_tail"], "8-bit AdamW runs, or says what to install"
-    for line in lines[5:]:  # fp16 is a GPU precision: refused on the CPU, in one line each, and the script goes on
+    for line in lines[5:7]:  # fp16 is a GPU precision: refused on the CPU, in one line each, and the script goes on
         assert "fp16 training is not supported on the CPU" in line["log_tail"]
 
 
