@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import torch
 
 from .batching import BatchPlan
+from .devices import trim_freed_memory
 from .families import TextConditioning
 from .preprocess import Geometry
 from .progress import ProgressCallback, ProgressEvent, StopCheck
@@ -175,3 +176,4 @@ def fill_caches(images: ImageLatents, captions: CaptionConditioning, models, pro
     elif not models.trains_text:
         for encoder in frozen:
             encoder.to(device)
+    trim_freed_memory()

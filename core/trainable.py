@@ -14,6 +14,7 @@ import torch
 from . import lora as lora_lib
 from .base_model import BaseModel
 from .cpu_kernels import matmul_convolutions, onednn_linears
+from .devices import trim_freed_memory
 from .families import ModelFamily, TextEncoderSlot
 from .model_loading import materialize, module_from_config
 from .seeding import mix_seed
@@ -80,6 +81,7 @@ class TrainableModels:
                 if parameter.requires_grad:
                     parameter.data = parameter.data.float()  # adapters train in fp32 under any autocast
         self._fast_kernels()
+        trim_freed_memory()
         if self.settings.gradient_checkpointing:
             self.unet.enable_gradient_checkpointing()
             for encoder in self.trained_text_encoders():
@@ -133,6 +135,7 @@ class TrainableModels:
         tensors: dict[str, torch.Tensor] = {}
         for model, naming in self.namings():
             tensors.update(lora_lib.kohya_state_dict(model, naming))
+        trim_freed_memory()
         return tensors
 
     def adapter_states(self) -> dict[str, dict[str, torch.Tensor]]:

@@ -406,3 +406,13 @@ def test_every_adapter_type_continues_from_its_sdxl_file(tiny_assets, tmp_path, 
     largest = max(float(value.abs().max()) for value in first.lora.tensors.values())
     for key, value in first.lora.tensors.items():
         assert (again[key] - value).abs().max() <= 1e-6 * max(1.0, largest), key
+
+
+def test_a_lora_file_without_metadata_is_placed_by_its_cross_attention_width():
+    stem = "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k"
+    lokr_sd2 = {f"{stem}.lokr_w1": torch.zeros(16, 32), f"{stem}.lokr_w2_a": torch.zeros(40, 4), f"{stem}.lokr_w2_b": torch.zeros(4, 32)}
+    assert lora_file_family(lokr_sd2, {}).name == "sd2", "a LoKr's input width is the product of its factors'"
+    assert lora_file_family({f"{stem}.lora_down.weight": torch.zeros(4, 768)}, {}).name == "sd1"
+    assert lora_file_family({f"{stem}.hada_w1_b": torch.zeros(4, 2048)}, {}).name == "sdxl"
+    assert lora_file_family({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8)}, {}).name == "sdxl"
+    assert lora_file_family({f"{stem}.lora_down.weight": torch.zeros(4, 32)}, {}) is None, "a width no family has says nothing"

@@ -70,10 +70,23 @@ def lora_file_family(tensors: dict[str, torch.Tensor], metadata: dict[str, str])
         return family_named("sd1")
     if any(k.startswith(("lora_te1_", "lora_te2_")) or SDXL_UNET_LDM_KEY.match(k) for k in tensors):
         return family_named("sdxl")
-    for key, tensor in tensors.items():
-        if key.startswith("lora_unet_") and "attn2_to_k" in key and key.endswith((".lora_down.weight", ".hada_w1_b", ".lokr_w2")):
-            name = CONTEXT_WIDTHS.get(int(tensor.shape[-1]))
+    for stem in sorted({k.rsplit(".", 2 if k.endswith(".weight") else 1)[0] for k in tensors if k.startswith("lora_unet_") and "attn2_to_k" in k}):
+        width = _input_width(tensors, stem)
+        if width is not None:
+            name = CONTEXT_WIDTHS.get(width)
             return family_named(name) if name else None
+    return None
+
+
+def _input_width(tensors: dict[str, torch.Tensor], stem: str) -> int | None:
+    """The input width of one adapted Linear: lora_down's or hada_w1_b's columns; a LoKr's is the product
+    of its two factors' (each whole, or the second matrix of its low-rank pair)."""
+    for key in ("lora_down.weight", "hada_w1_b"):
+        if f"{stem}.{key}" in tensors:
+            return int(tensors[f"{stem}.{key}"].shape[1])
+    factors = [tensors.get(f"{stem}.lokr_w{n}", tensors.get(f"{stem}.lokr_w{n}_b")) for n in (1, 2)]
+    if all(factor is not None and factor.ndim == 2 for factor in factors):
+        return int(factors[0].shape[1]) * int(factors[1].shape[1])
     return None
 
 
