@@ -290,7 +290,7 @@ class TrainLoRA:
                 "lr_scheduler": (["cosine", "constant", "constant_with_warmup", "linear"], {"default": "cosine", "tooltip": "How the learning rate changes over the run."}),
                 "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 100_000, "tooltip": "Steps of linear learning-rate warm-up at the start."}),
                 "precision": (PRECISIONS, {"default": "auto", "tooltip": "Mixed precision for training: auto = bf16/fp16 on a GPU, fp32 on the CPU."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Use less memory for more compute; turn on if training runs out of memory. SDXL on a card under 16 GB turns it on by itself."}),
+                "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Use less memory for more compute; turn on if training runs out of memory. SDXL on a card of 12 GB or less turns it on by itself."}),
                 "random_flip": ("BOOLEAN", {"default": True, "tooltip": "Mirror images at random (turn off for text, logos or asymmetric subjects)."}),
             },
             "optional": {

@@ -97,14 +97,14 @@ def build_checkpoint(path: Path, comfy_dir: Path) -> Path:
 
 
 class Server:
-    def __init__(self, base: Path, port: int):
+    def __init__(self, base: Path, port: int, extra_args: tuple[str, ...] = ()):
         self.base, self.port, self.url = base, port, f"http://127.0.0.1:{port}"
         self.log_path = base / "server.log"
         python = os.environ.get("COMFYUI_PYTHON", sys.executable)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         self.log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes", "lora_trainer"],
+            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port), "--base-directory", str(base), "--disable-all-custom-nodes", "--whitelist-custom-nodes", "lora_trainer", *extra_args],
             cwd=COMFYUI_DIR, stdout=self.log, stderr=subprocess.STDOUT, env=env,
         )
 

@@ -416,3 +416,14 @@ def test_a_lora_file_without_metadata_is_placed_by_its_cross_attention_width():
     assert lora_file_family({f"{stem}.hada_w1_b": torch.zeros(4, 2048)}, {}).name == "sdxl"
     assert lora_file_family({"lora_te1_text_model_encoder_layers_0_mlp_fc1.lora_down.weight": torch.zeros(4, 8)}, {}).name == "sdxl"
     assert lora_file_family({f"{stem}.lora_down.weight": torch.zeros(4, 32)}, {}) is None, "a width no family has says nothing"
+
+
+def test_each_sdxl_text_encoder_can_have_its_own_learning_rate(tiny_assets, tmp_path):
+    model = tiny.build_base_model(tiny_assets["tokenizer"], family="sdxl")
+    settings = TrainSettings(**{**QUICK, "steps": 1, "learning_rate": 2e-3}, text_encoder_learning_rate=1e-3, text_encoder_2_learning_rate=5e-4)
+    trainer = Trainer(model, tiny_shapes(tmp_path), LoRASettings(rank=2, train_text_encoder=True), settings)
+    result = trainer.run()
+    assert [group["lr"] for group in trainer.optimizer.param_groups] == [2e-3, 1e-3, 5e-4]
+    assert result.lora.metadata["ss_text_encoder_lr"] == "0.001,0.0005"
+    same = TrainSettings(**QUICK, text_encoder_learning_rate=1e-3).text_encoder_rates()
+    assert same == (1e-3, 1e-3), "the second encoder follows the first unless told otherwise"

@@ -74,7 +74,7 @@ def test_train_lora_leaves_size_and_buckets_to_the_family(comfy, monkeypatch):
         training_run.node_settings(sdxl, cpu, resolution=0, aspect_buckets="sometimes", seed=0, **widgets)
 
 
-@pytest.mark.parametrize("gib, expected", [(8, True), (12, True), (24, False)])
+@pytest.mark.parametrize("gib, expected", [(8, True), (12, True), (16, False), (24, False)])
 def test_sdxl_on_a_small_card_turns_gradient_checkpointing_on(comfy, monkeypatch, gib, expected):
     from lora_trainer_suite.core import devices
 

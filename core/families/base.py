@@ -50,7 +50,7 @@ class ModelFamily:
     label: str = ""  # "SD1.x", "SD2.x", "SDXL"
     default_bucket: bool = False  # aspect-ratio buckets when the user leaves the choice to us
     # Cards with less memory than this need gradient checkpointing for a step at the family's size, batch 1
-    # (the node turns it on there); None where the family fits an 8 GB card without it.
+    # (the node turns it on there); None leaves the choice to the user.
     checkpointing_below_bytes: int | None = None
     text_encoders: tuple[TextEncoderSlot, ...] = ()
     denoiser_prefix: str = "lora_unet_"

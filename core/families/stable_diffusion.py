@@ -182,9 +182,6 @@ class SD1(StableDiffusionFamily):
         unet = read_json(folder / "unet" / "config.json")
         return "text_encoder_2" not in index and not unet.get("use_linear_projection") and not unet.get("addition_embed_type")
 
-    def training_resolution(self, base: BaseModel) -> int:
-        return 512
-
     def metadata(self, prediction_type: str) -> dict[str, str]:
         return {"ss_base_model_version": "sd_v1", "ss_v2": "False", "modelspec.architecture": "stable-diffusion-v1"}
 
