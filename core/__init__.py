@@ -1,4 +1,4 @@
-"""Headless LoRA training core for Stable Diffusion 1.x.
+"""Headless LoRA training core for Stable Diffusion: SD1.x, SD2.x and SDXL (core.families).
 
 Importing this package is cheap: heavy libraries (torch, diffusers,
 transformers, peft) are imported by the submodules that need them, so that

@@ -241,8 +241,8 @@ class LoRAConfig:
             "rank": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "LoRA rank: the size of each adapter. 4-32 is typical; higher learns more and makes larger files."}),
             "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip": "LoRA alpha; the update is scaled by alpha/rank. 0 means alpha = rank (scale 1)."}),
             "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip": "Dropout on the adapters' input during training; 0 turns it off."}),
-            "targets": (["kohya", "attention", "kohya+conv"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5); attention: to_q/k/v/out only (128); kohya+conv: kohya plus the ResNet and down/upsampler convolutions (LoCon, 278)."}),
-            "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also train a LoRA on the CLIP text encoder (stronger, slower; turns off the caption cache)."}),
+            "targets": (["kohya", "attention", "kohya+conv"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5, 722 on SDXL); attention: to_q/k/v/out only (128 on SD1.5); kohya+conv: kohya plus the ResNet and down/upsampler convolutions (LoCon: 278 on SD1.5, 788 on SDXL)."}),
+            "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also train a LoRA on the text encoder (both of SDXL's; stronger, slower; turns off the caption cache)."}),
         }, "optional": {
             "adapter": (["lora", "loha", "lokr"], {"default": "lora", "tooltip": "lora: the usual low-rank adapter. loha: LyCORIS LoHa (two low-rank pairs multiplied elementwise; more expressive at the same rank, about twice as slow to train). lokr: LyCORIS LoKr (a Kronecker product; small files). LoHa and LoKr need dropout 0. All load in ComfyUI's LoRA loaders."}),
             "dora": ("BOOLEAN", {"default": False, "tooltip": "Weight-decomposed LoRA (DoRA): learns each output's magnitude apart from its direction. LoRA adapters only."}),
