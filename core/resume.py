@@ -34,6 +34,17 @@ class RunHistory:
     checkpoint_bytes: int = 0
 
 
+def continuation_paths(resume_from, init_lora) -> tuple[Path | None, Path | None]:
+    """(checkpoint to resume, LoRA file to start from), refused in one sentence when both are given or the file is missing."""
+    resume = Path(resume_from) if resume_from else None
+    start = Path(init_lora) if init_lora else None
+    if start is not None and resume is not None:
+        raise SettingsError("Give either a checkpoint to resume or a LoRA file to start from, not both.")
+    if start is not None and not start.is_file():
+        raise SettingsError(f"The LoRA file to start from, {start}, does not exist.")
+    return resume, start
+
+
 def run_state(trainer) -> dict[str, Any]:
     """What a resume must match: settings, adapters, dataset, base model, family and training target."""
     return {

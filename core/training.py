@@ -40,7 +40,7 @@ from .locking import FolderLock
 from .losses import add_noise_offset, denoising_loss, resolve_prediction_type
 from .optim import SkippedStep, apply_gradients, make_optimizer
 from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
-from .resume import RunHistory, TrainingCheckpoints, run_state
+from .resume import RunHistory, TrainingCheckpoints, continuation_paths, run_state
 from .seeding import generator, mix_seed
 from .timing import PhaseTimer
 from .train_settings import CROP_MODES, TrainSettings
@@ -139,16 +139,11 @@ class Trainer:
         self.progress = optional(progress)
         self.should_stop = should_stop or never_stop
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        self.resume_from = Path(resume_from) if resume_from else None
         if settings.save_every and not self.checkpoint_dir:
             raise SettingsError("Saving every N steps needs a checkpoint folder.")
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()
-        self.init_lora = Path(init_lora) if init_lora else None
-        if self.init_lora is not None and self.resume_from is not None:
-            raise SettingsError("Give either a checkpoint to resume or a LoRA file to start from, not both.")
-        if self.init_lora is not None and not self.init_lora.is_file():
-            raise SettingsError(f"The LoRA file to start from, {self.init_lora}, does not exist.")
+        self.resume_from, self.init_lora = continuation_paths(resume_from, init_lora)
         self.prediction_type = resolve_prediction_type(settings.prediction, base.noise_scheduler)
         self.objective = self.family.objective(base, self.prediction_type)
         self.timer = PhaseTimer(self.device)
@@ -277,26 +272,15 @@ class Trainer:
         with FolderLock(self.checkpoint_dir) if self.checkpoint_dir else nullcontext():
             if self.checkpoint_dir:
                 checkpoints.remove_unfinished(self.checkpoint_dir)
-            out_of_memory = False
             try:
                 return self._run()
             except torch.OutOfMemoryError:
-                out_of_memory = True
+                pass
             except RuntimeError as error:
                 if "can't allocate memory" not in str(error):
                     raise
-                out_of_memory = True
         # Raised outside the except block so the failed step's tensors (held by the traceback) are freed first.
-        if out_of_memory:
-            gc.collect()
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            settings = self.settings
-            raise TrainerError(
-                f"Out of memory while training at {settings.resolution} px with batch size {settings.batch_size}; "
-                "use batch size 1, turn on gradient checkpointing, or lower the resolution."
-            )
-        raise AssertionError("unreachable")
+        raise out_of_memory_advice(self.settings, self.device)
 
     def _run(self) -> TrainResult:
         self.history = RunHistory()
@@ -441,6 +425,17 @@ class Trainer:
             warnings.simplefilter("ignore")  # the schedule follows the step count, updated or not
             self.lr_scheduler.step()
         return float("nan"), skipped
+
+
+def out_of_memory_advice(settings: TrainSettings, device: torch.device) -> TrainerError:
+    """What to change after running out of memory, once the failed step's memory is freed."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return TrainerError(
+        f"Out of memory while training at {settings.resolution} px with batch size {settings.batch_size}; "
+        "use batch size 1, turn on gradient checkpointing, or lower the resolution."
+    )
 
 
 def train(
