@@ -454,5 +454,10 @@ NODES = {
     "SaveLoRA": (SaveLoRA, "Save LoRA"),
     "ApplyLoRA": (ApplyLoRA, "Apply LoRA"),
 }
-NODE_CLASS_MAPPINGS = {PREFIX + name: cls for name, (cls, _) in NODES.items()}
-NODE_DISPLAY_NAME_MAPPINGS = {PREFIX + name: display for name, (_, display) in NODES.items()}
+# Nodes in modules of their own (they import this module's constants, so they are read last).
+from .compare import NODES as _COMPARE_NODES  # noqa: E402
+from .options import NODES as _OPTIONS_NODES  # noqa: E402
+
+ALL_NODES = {**NODES, **_OPTIONS_NODES, **_COMPARE_NODES}
+NODE_CLASS_MAPPINGS = {PREFIX + name: cls for name, (cls, _) in ALL_NODES.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {PREFIX + name: display for name, (_, display) in ALL_NODES.items()}
