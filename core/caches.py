@@ -158,18 +158,23 @@ class CaptionConditioning:
         self.cache, self._variants = {}, []
 
 
-def fill_caches(images: ImageLatents, captions: CaptionConditioning, models, progress: ProgressCallback, should_stop: StopCheck) -> None:
-    """Fill the caches, then keep on the accelerator only the frozen models the loop still runs."""
+def fill_caches(caches: list[tuple[ImageLatents, CaptionConditioning]], models, progress: ProgressCallback, should_stop: StopCheck) -> None:
+    """Fill every (images, captions) cache pair (training, then validation), then keep on the accelerator only the
+    frozen models the loop still runs."""
     base, device = models.base, models.device
-    base.vae.to(device)
-    if images.cached:
-        images.build(progress, should_stop)
-        models.offload(base.vae)
     frozen = base.text_encoders
+    base.vae.to(device)
+    for images, captions in caches:
+        if images.cached:
+            images.build(progress, should_stop)
+        if captions.cached:
+            for encoder in frozen:
+                encoder.to(device)
+            captions.build(frozen)
+    images, captions = caches[0]
+    if images.cached and all(latents.cached for latents, _ in caches):
+        models.offload(base.vae)
     if captions.cached:
-        for encoder in frozen:
-            encoder.to(device)
-        captions.build(frozen)
         if not captions.settings.caption_augmentation.active:  # augmented captions still need the encoders for new variants
             for encoder in frozen:
                 models.offload(encoder)

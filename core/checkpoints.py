@@ -117,10 +117,10 @@ def folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
 
 
-def prune_checkpoints(folder: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest ``keep_last`` complete checkpoints; returns the removed folders."""
+def prune_checkpoints(folder: Path, keep_last: int, protected: set[Path] | frozenset = frozenset()) -> list[Path]:
+    """Delete all but the newest ``keep_last`` complete checkpoints (and the ``protected`` ones); returns the removed folders."""
     existing = find_checkpoints(folder)
-    removed = existing[:-keep_last] if keep_last > 0 else []
+    removed = [path for path in existing[:-keep_last] if path not in protected] if keep_last > 0 else []
     for path in removed:
         shutil.rmtree(path, ignore_errors=True)
     return removed

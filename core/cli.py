@@ -20,9 +20,15 @@ DEMO_DEFAULTS = {"steps": 150, "rank": 8, "lr": 1e-3, "resolution": 64, "batch_s
 DEMO_FAMILIES = {"sd1": "tiny_sd15.safetensors", "sd2": "tiny_sd2.safetensors", "sdxl": "tiny_sdxl.safetensors"}
 
 
-def _quiet_libraries() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+OFFLINE_REASON = "LORA_TRAINER_OFFLINE_REASON"  # why datasets are offline, for core.hf_dataset's message
+
+
+def _quiet_libraries(offline: bool = False) -> None:
+    """Quiet the libraries' logs. Models never touch the network (every load is local_files_only); a hub dataset
+    the user names may be downloaded unless ``offline`` (--offline) or the user's own HF_HUB_OFFLINE says no."""
+    if offline:
+        os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+        os.environ[OFFLINE_REASON] = "--offline was given"
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     import diffusers
     import transformers
@@ -44,11 +50,8 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str,
     group.add_argument("--lr", type=float, default=defaults.get("lr", 1e-4), help="learning rate (default %(default)s)")
     group.add_argument("--lr-scheduler", "--scheduler", dest="lr_scheduler", default="cosine", choices=list(LR_SCHEDULERS), help="learning-rate schedule (diffusers get_scheduler; default %(default)s)")
     group.add_argument("--warmup-steps", type=int, default=0)
-    group.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm; 0 turns clipping off")
     group.add_argument("--batch-size", type=int, default=defaults.get("batch_size", 1))
-    group.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     group.add_argument("--resolution", type=int, default=defaults.get("resolution"), help="square training size in px, a multiple of 64 (default: the base model's own: SD1.x 512, SD2.x 512 or 768 for v-models, SDXL 1024)")
-    group.add_argument("--crop", default="center", choices=["center", "random"])
     group.add_argument("--no-flip", action="store_true", help="turn random horizontal flips off")
     group.add_argument("--seed", type=int, default=0)
     group.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
@@ -62,22 +65,9 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str,
 
 
 def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
-    """Optimizer, loss, adapter-type, resume and preview options (core/optim.py, losses.py, lora.py, sampling.py)."""
-    from .losses import LOSSES, PREDICTIONS
-    from .optim import OPTIMIZERS
-
-    group = parser.add_argument_group("optimizer, loss, adapters, continuing and previews")
-    group.add_argument("--optimizer", default="adamw", choices=list(OPTIMIZERS), help="adamw (fused on CUDA), adamw8bit (needs bitsandbytes), adafactor, prodigy (needs prodigyopt; use --lr 1)")
-    group.add_argument("--te-lr", type=float, default=None, help="text-encoder learning rate (default: --lr); turns text-encoder training on")
-    group.add_argument("--te2-lr", type=float, default=None, help="SDXL's second text encoder (OpenCLIP bigG) learning rate (default: --te-lr); turns text-encoder training on")
+    """Adapter types and continuing from a file, then every advanced setting of ``core.setting_table``."""
+    group = parser.add_argument_group("adapters and continuing")
     group.add_argument("--warmup", dest="warmup_steps", type=float, default=0, help="warm-up in steps, or as a fraction of the run when below 1.0 (e.g. 0.05)")
-    group.add_argument("--lr-cycles", type=int, default=1, help="restarts for cosine_with_restarts (default 1)")
-    group.add_argument("--prediction", default="auto", choices=list(PREDICTIONS), help="training target: auto (the base model's scheduler), epsilon or v")
-    group.add_argument("--loss", default="mse", choices=list(LOSSES), help="mse or huber (pseudo-Huber, kohya's)")
-    group.add_argument("--huber-c", type=float, default=0.1, help="Huber parameter (default %(default)s)")
-    group.add_argument("--min-snr-gamma", type=float, default=0.0, help="min-SNR-gamma loss weighting; 5 is usual (default 0: off)")
-    group.add_argument("--noise-offset", type=float, default=0.0, help="noise offset, e.g. 0.05 (default 0: off)")
-    group.add_argument("--max-bad-steps", type=int, default=5, help="non-finite losses in a row before training stops (default %(default)s)")
     group.add_argument("--te-rank", type=int, default=None, help="text-encoder LoRA rank (default: --rank); turns text-encoder training on")
     group.add_argument("--conv-rank", type=int, default=None, help="rank of 3x3 conv adapters with --targets kohya+conv (default: --rank)")
     group.add_argument("--conv-alpha", type=float, default=None, help="alpha of the conv adapters (default: the conv rank)")
@@ -85,31 +75,42 @@ def _add_depth_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--adapter", default="lora", choices=["lora", "loha", "lokr"],
                        help="lora, loha (LyCORIS LoHa: two rank-r pairs multiplied elementwise; .hada_* keys) or lokr (LyCORIS LoKr: a Kronecker product; .lokr_* keys)")
     group.add_argument("--init-lora", default=None, help="continue from an existing LoRA file (ours or kohya-format); its ss_steps is where the step count starts")
-    group.add_argument("--keep-last", type=int, default=0, help="keep only the newest K checkpoints (default 0: keep all)")
-    group.add_argument("--sample-every", type=int, default=0, help="preview images every N steps, saved under the checkpoint folder")
-    group.add_argument("--sample-prompt", action="append", default=[], help="prompt for previews (repeat for several)")
-    group.add_argument("--sample-seed", type=int, default=0)
-    group.add_argument("--sample-steps", type=int, default=20, help="denoising steps per preview (Euler)")
-    group.add_argument("--sample-size", type=int, default=0, help="preview size in px (default: the training resolution)")
-    group.add_argument("--sample-guidance", type=float, default=7.5, help="classifier-free guidance of previews")
+    _add_setting_arguments(parser)
+
+
+def _add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per row of ``ADVANCED_SETTINGS``, with TrainSettings' own default."""
+    from .setting_table import ADVANCED_SETTINGS
+
+    groups: dict[str, Any] = {}
+    for setting in ADVANCED_SETTINGS:
+        group = groups.get(setting.group) or groups.setdefault(setting.group, parser.add_argument_group(setting.group))
+        shown = "off" if setting.default in (None, False, 0, ()) and setting.kind != "str" else setting.default
+        options: dict[str, Any] = {"dest": setting.field, "help": f"{setting.help} (default: {shown})".replace("%", "%%")}
+        if setting.kind == "bool":
+            options.update(action="store_true")
+        elif setting.kind == "lines":
+            options.update(action="append", default=[])
+        else:
+            options.update(type={"int": int, "float": float, "str": str}[setting.kind], default=setting.default,
+                           metavar=setting.flag.lstrip("-").upper().replace("-", "_"))
+            if setting.choices:
+                options["choices"] = list(setting.choices)
+        group.add_argument(setting.flag, **options)
+
+
+def _setting_values(args: argparse.Namespace) -> dict[str, Any]:
+    from .setting_table import ADVANCED_SETTINGS
+
+    return {s.field: tuple(getattr(args, s.field)) if s.kind == "lines" else getattr(args, s.field) for s in ADVANCED_SETTINGS}
 
 
 def _depth_lora_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
-        "train_text_encoder": args.train_text_encoder or args.te_rank is not None or args.te_lr is not None or args.te2_lr is not None,
+        "train_text_encoder": args.train_text_encoder or args.te_rank is not None or args.text_encoder_learning_rate is not None
+        or args.text_encoder_2_learning_rate is not None,
         "text_encoder_rank": args.te_rank, "conv_rank": args.conv_rank, "conv_alpha": args.conv_alpha, "use_dora": args.dora,
         "adapter": args.adapter,
-    }
-
-
-def _depth_train_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {
-        "optimizer": args.optimizer, "text_encoder_learning_rate": args.te_lr, "text_encoder_2_learning_rate": args.te2_lr,
-        "lr_cycles": args.lr_cycles,
-        "prediction": args.prediction, "loss": args.loss, "huber_c": args.huber_c, "min_snr_gamma": args.min_snr_gamma,
-        "noise_offset": args.noise_offset, "max_bad_steps": args.max_bad_steps, "keep_last": args.keep_last,
-        "sample_every": args.sample_every, "sample_prompts": tuple(args.sample_prompt), "sample_seed": args.sample_seed,
-        "sample_steps": args.sample_steps, "sample_size": args.sample_size, "sample_guidance": args.sample_guidance,
     }
 
 
@@ -118,7 +119,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("data (one of --data or --hf-dataset)")
     which = source.add_mutually_exclusive_group(required=True)
     which.add_argument("--data", help="dataset folder: image/ + text/, sidecar .txt files, kohya 10_name folders, or metadata.jsonl/csv")
-    which.add_argument("--hf-dataset", metavar="ID_OR_PATH", help="Hugging Face hub id (from the local cache when offline), save_to_disk folder, or folder of parquet/arrow/jsonl/csv files")
+    which.add_argument("--hf-dataset", metavar="ID_OR_PATH", help="Hugging Face hub id (downloaded once into the standard cache; from the cache alone with --offline), save_to_disk folder, or folder of parquet/arrow/jsonl/csv files")
+    source.add_argument("--offline", action="store_true", help="never download a dataset (models are always read locally); as HF_HUB_OFFLINE=1 does")
     source.add_argument("--layout", default="auto", choices=["auto", "image-text", "sidecar", "kohya", "imagefolder"], help="folder layout (default: detected)")
     source.add_argument("--caption-extension", default=".txt", help="caption file extension for folders (default %(default)s)")
     source.add_argument("--repeats", type=int, default=1, help="times each image is seen per epoch (multiplies kohya folder repeats)")
@@ -128,33 +130,19 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--max-samples", type=int, default=None, help="use only the first N rows of an HF dataset")
     captions = parser.add_argument_group("captions")
     captions.add_argument("--trigger", default="", help="trigger word put first in every caption")
-    captions.add_argument("--caption-dropout", type=float, default=0.0, help="probability that a caption is replaced by the empty one")
-    captions.add_argument("--shuffle-tags", action="store_true", help="shuffle comma-separated tags each time a caption is used")
-    captions.add_argument("--keep-tokens", type=int, default=0, help="leading tags that stay in place when shuffling (the trigger counts)")
-    captions.add_argument("--tag-dropout", type=float, default=0.0, help="probability that each tag after the kept ones is dropped")
-    buckets = parser.add_argument_group("aspect-ratio buckets")
+    buckets = parser.add_argument_group("aspect-ratio buckets (on or off)")
     buckets.add_argument("--bucket", action="store_const", const=True, default=None, help="train each image near its own aspect ratio (batches drawn from one bucket); on by default for SDXL")
     buckets.add_argument("--no-bucket", dest="bucket", action="store_const", const=False, help="square crops even where the model family would use buckets")
-    buckets.add_argument("--max-area", type=int, default=0, help="bucket area limit in px (default: resolution squared)")
-    buckets.add_argument("--no-upscale", action="store_true", help="never enlarge an image to fit a bucket")
 
 
 def _data_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """TrainSettings fields from the data flags (absent on `demo`: the defaults)."""
+    """TrainSettings fields the data flags imply (absent on `demo`: the defaults)."""
     from .augment import split_tags
 
-    keep_tokens = getattr(args, "keep_tokens", 0)
-    if getattr(args, "trigger", "") and getattr(args, "shuffle_tags", False):
+    keep_tokens = args.keep_tokens
+    if getattr(args, "trigger", "") and args.shuffle_tags:
         keep_tokens = max(keep_tokens, len(split_tags(args.trigger)))  # the trigger never moves
-    return {
-        "caption_dropout": getattr(args, "caption_dropout", 0.0),
-        "shuffle_tags": getattr(args, "shuffle_tags", False),
-        "keep_tokens": keep_tokens,
-        "tag_dropout": getattr(args, "tag_dropout", 0.0),
-        "bucket": getattr(args, "bucket", False),  # None on `train`: the model family's choice
-        "max_area": getattr(args, "max_area", 0),
-        "no_upscale": getattr(args, "no_upscale", False),
-    }
+    return {"keep_tokens": keep_tokens, "bucket": getattr(args, "bucket", False)}  # bucket None on `train`: the family's choice
 
 
 def load_dataset_from_args(args: argparse.Namespace):
@@ -188,7 +176,7 @@ def load_dataset_from_args(args: argparse.Namespace):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m core", description="Train SD1.x, SD2.x and SDXL LoRAs offline.")
+    parser = argparse.ArgumentParser(prog="python -m core", description="Train SD1.x, SD2.x and SDXL LoRAs; models load offline, a hub dataset you name is downloaded once.")
     commands = parser.add_subparsers(dest="command", required=True)
     demo = commands.add_parser("demo", help="train on a built-in tiny model and synthetic images (no download)")
     demo.add_argument("--workdir", required=True, help="folder for the demo's model, images and LoRA")
@@ -214,21 +202,18 @@ def _settings_from(args: argparse.Namespace, output_name: str):
         steps=args.steps,
         learning_rate=args.lr,
         batch_size=args.batch_size,
-        grad_accum=args.grad_accum,
         resolution=args.resolution,
         seed=args.seed,
         lr_scheduler=args.lr_scheduler,
         warmup_steps=args.warmup_steps,
-        max_grad_norm=args.max_grad_norm,
         precision=args.precision,
         gradient_checkpointing=args.gradient_checkpointing,
-        crop=args.crop,
         random_flip=not args.no_flip,
         save_every=args.save_every,
         cache_latents=not args.no_cache,
         cache_text=not args.no_cache,
         output_name=output_name,
-        **_depth_train_options(args),
+        **_setting_values(args),
     )
     settings = replace(settings, **_data_settings(args))
     return lora_settings, settings
@@ -251,7 +236,7 @@ def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
 
     lora_settings, settings = _settings_from(args, output.stem)
     checkpoint_dir = args.checkpoint_dir
-    if (args.save_every or args.sample_every) and not checkpoint_dir:
+    if (args.save_every or args.sample_every or args.keep_best) and not checkpoint_dir:
         checkpoint_dir = str(output.with_name(output.stem + "_checkpoints"))
     print(f"base: {base!r}\ndata: {dataset.summary()}\nlora: {lora_settings!r}\n{_target_line(base, settings)}", file=sys.stderr)
     result = train(
@@ -319,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     started = time.perf_counter()
     try:
-        _quiet_libraries()
+        _quiet_libraries(offline=getattr(args, "offline", False))
         summary = run_demo(args) if args.command == "demo" else run_train(args)
     except TrainerError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -124,6 +124,17 @@ class ImageCaptionDataset:
             content_hash=digest.hexdigest()[:16], notes=notes, caption_count=len(captions) - uncaptioned,
         )
 
+    def subset(self, indices: list[int], note: str) -> "ImageCaptionDataset":
+        """The entries at ``indices`` (in that order) as a dataset of their own; the hash names the subset."""
+        digest = hashlib.sha256(self.content_hash.encode())
+        digest.update(",".join(map(str, indices)).encode())
+        entries = [self.entries[i] for i in indices]
+        captioned = sum(1 for e in entries if e.caption)
+        return ImageCaptionDataset(
+            entries=entries, source=self.source, layout=self.layout, content_hash=digest.hexdigest()[:16],
+            notes=[*self.notes, note], caption_count=None if captioned == len(entries) else captioned,
+        )
+
     def summary(self) -> str:
         sample = next((e.caption for e in self.entries if e.caption), "")
         sample = sample if len(sample) <= 60 else sample[:57] + "..."

@@ -53,6 +53,12 @@ def training_metadata(trainer, step: int) -> dict[str, Any]:
         extra["ss_text_encoder_lr"] = ",".join(f"{rate:g}" for rate in rates) if len(set(rates)) > 1 else f"{rates[0]:g}"
     if trainer.init_lora is not None:
         extra["ss_network_weights"] = trainer.init_lora.name
+    if trainer.validation is not None:
+        history = trainer.history
+        extra["ss_validation_losses"] = [[step, round(loss, 6)] for step, loss in history.validation]
+        extra["ss_validation_images"] = str(len(trainer.validation.dataset))
+        if history.best_validation:
+            extra["ss_validation_best_step"] = str(history.best_validation[0])
     return extra
 
 

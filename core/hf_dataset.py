@@ -149,9 +149,13 @@ def _load_hub(dataset_id: str, split: str | None, cache_dir):
     except Exception as error:
         message = _first_line(error)
         if offline:
+            if os.environ.get("LORA_TRAINER_OFFLINE_REASON"):  # the CLI's --offline
+                why, undo = os.environ["LORA_TRAINER_OFFLINE_REASON"], "run without --offline once"
+            else:
+                why, undo = "it is set in your environment", "unset HF_HUB_OFFLINE once"
             raise DatasetError(
-                f"Dataset {dataset_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
-                "download it once with network access (or unset HF_HUB_OFFLINE), or give a local folder."
+                f"Dataset {dataset_id} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set ({why}); "
+                f"{undo} with network access to download it, or give a local folder."
             ) from None
         if "doesn't exist" in message or "not found" in message.lower() or "404" in message:
             raise DatasetError(f"Dataset {dataset_id} was not found on the Hugging Face hub; check the id (owner/name).") from None

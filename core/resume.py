@@ -32,6 +32,13 @@ class RunHistory:
     samples: list[str] = field(default_factory=list)
     checkpoints: list[str] = field(default_factory=list)
     checkpoint_bytes: int = 0
+    validation: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
+    best_checkpoint: str | None = None
+
+    @property
+    def best_validation(self) -> tuple[int, float] | None:
+        """The lowest validation loss and its step (the earliest of equal ones)."""
+        return min(self.validation, key=lambda point: (point[1], point[0])) if self.validation else None
 
 
 def continuation_paths(resume_from, init_lora) -> tuple[Path | None, Path | None]:
@@ -74,12 +81,15 @@ class TrainingCheckpoints:
             "loss_history": torch.tensor(history.losses, dtype=torch.float64),
             "lr_history": torch.tensor(history.learning_rates, dtype=torch.float64),
             "skipped_steps": torch.tensor(history.skipped_steps, dtype=torch.int64),
+            "validation_steps": torch.tensor([step for step, _ in history.validation], dtype=torch.int64),
+            "validation_losses": torch.tensor([loss for _, loss in history.validation], dtype=torch.float64),
             # The exact adapter tensors (lora.safetensors is the user's file; DoRA's dora_scale in it is converted).
             "adapters": self.models.adapter_states(),
         }
         final = checkpoints.write_checkpoint(self.folder, step, lora, training_state, self.state)
         history.checkpoints.append(str(final))
-        removed = checkpoints.prune_checkpoints(self.folder, self.keep_last) if self.keep_last else []
+        protected = {Path(path) for path in (history.best_checkpoint, str(final) if self._is_best(step, history) else None) if path}
+        removed = checkpoints.prune_checkpoints(self.folder, self.keep_last, protected) if self.keep_last else []
         history.checkpoints = [c for c in history.checkpoints if Path(c) not in removed]
         kept = checkpoints.find_checkpoints(self.folder)
         history.checkpoint_bytes = sum(checkpoints.folder_bytes(path) for path in kept)
@@ -88,6 +98,11 @@ class TrainingCheckpoints:
             message += f" (removed {', '.join(p.name for p in removed)})"
         self.progress(ProgressEvent("save", step, self.total_steps, message=message))
         return final
+
+    @staticmethod
+    def _is_best(step: int, history: RunHistory) -> bool:
+        best = history.best_validation
+        return best is not None and best[0] == step
 
     def restore(self, folder: Path, optimizer, scaler, history: RunHistory) -> int:
         """Load a checkpoint into the run; returns its step."""
@@ -105,6 +120,11 @@ class TrainingCheckpoints:
         history.losses = training_state["loss_history"].tolist()
         history.learning_rates = training_state["lr_history"].tolist()
         history.skipped_steps = training_state.get("skipped_steps", torch.zeros(0, dtype=torch.int64)).tolist()
+        steps, losses = (training_state.get(key, torch.zeros(0)).tolist() for key in ("validation_steps", "validation_losses"))
+        history.validation = [(int(step), float(loss)) for step, loss in zip(steps, losses)]
+        best = history.best_validation
+        kept = self.folder / f"checkpoint-{best[0]:06d}" if best and self.folder else None
+        history.best_checkpoint = str(kept) if kept is not None and (kept / "state.json").is_file() else None
         return int(state["step"])
 
     def start_from_lora(self, path: Path, lora_settings: lora_lib.LoRASettings) -> int:

@@ -55,6 +55,10 @@ class TrainSettings:
     max_area: int = 0  # bucket area limit in px; 0 = resolution squared
     no_upscale: bool = False
     save_every: int = 0
+    # Validation (core/validation.py): held-out images evaluated at fixed noises and timesteps during the run.
+    validation_split: float = 0.0  # a fraction below 1, or a count of images; 0 turns validation off
+    validation_every: int = 0  # steps between validations; 0 means twenty over the run
+    keep_best: bool = False  # keep the checkpoint of the best validation loss
     cache_latents: bool = True
     cache_text: bool = True
     output_name: str = "lora"
@@ -121,6 +125,9 @@ class TrainSettings:
             (self.max_grad_norm >= 0, f"Gradient clipping norm cannot be negative, got {self.max_grad_norm}."),
             (self.crop in CROP_MODES, f"Crop must be one of {', '.join(CROP_MODES)}, got {self.crop!r}."),
             (self.save_every >= 0, f"Save interval cannot be negative, got {self.save_every}."),
+            (self.validation_split >= 0 and (self.validation_split < 1 or float(self.validation_split).is_integer()),
+             f"The validation split must be a fraction below 1 or a whole number of images, got {self.validation_split}."),
+            (isinstance(self.validation_every, int) and self.validation_every >= 0, f"The validation interval cannot be negative, got {self.validation_every}."),
         ]
         for ok, message in checks:
             if not ok:

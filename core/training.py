@@ -45,6 +45,7 @@ from .seeding import generator, mix_seed
 from .timing import PhaseTimer
 from .train_settings import CROP_MODES, TrainSettings
 from .trainable import TrainableModels
+from .validation import Validation, split_for_validation
 
 __all__ = [
     "BatchIndices", "CROP_MODES", "MAX_TEXT_VARIANTS", "STEP_PHASES", "SkippedStep", "TrainResult", "TrainSettings", "Trainer",
@@ -81,6 +82,9 @@ class TrainResult:
     prediction_type: str = "epsilon"
     prediction_reason: str = ""
     resolution: int = 0
+    validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
+    best_validation: tuple[int, float] | None = None
+    best_checkpoint: str | None = None  # with keep best: the checkpoint of the lowest validation loss
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -99,6 +103,10 @@ class TrainResult:
             "prediction_type": self.prediction_type,
             "prediction_reason": self.prediction_reason,
             "resolution": self.resolution,
+            "validation_losses": [[step, loss] for step, loss in self.validation_losses],
+            "best_validation_step": self.best_validation[0] if self.best_validation else None,
+            "best_validation_loss": self.best_validation[1] if self.best_validation else None,
+            "best_checkpoint": self.best_checkpoint,
         }
 
 
@@ -120,17 +128,20 @@ class Trainer:
         release_frozen_models: bool = False,
         cpu_matmul_convolutions: bool = True,
         cpu_onednn_linears: bool = True,
+        validation_dataset: ImageCaptionDataset | None = None,
     ):
-        """``release_frozen_models`` frees the VAE, text encoders and base UNet weights once they are no
+        """``validation_dataset`` is measured during the run instead of a held-out part (``validation_split``).
+        ``release_frozen_models`` frees the VAE, text encoders and base UNet weights once they are no
         longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI.
         ``cpu_matmul_convolutions`` and ``cpu_onednn_linears`` let frozen convolutions and linears use ``core.cpu_kernels``
         on the CPU (off only to measure them)."""
         lora_settings.validate()
         settings.validate(dataset.num_samples)
         settings = settings.for_base(base)
-        settings.validate(dataset.num_samples)
         if len(dataset) == 0:
             raise SettingsError("The dataset is empty.")
+        dataset, held_out = split_for_validation(dataset, settings, validation_dataset)
+        settings.validate(dataset.num_samples)
         self.base, self.dataset, self.lora_settings, self.settings = base, dataset, lora_settings, settings
         self.family = base.model_family
         self.device = usable_device(device)
@@ -141,6 +152,8 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         if settings.save_every and not self.checkpoint_dir:
             raise SettingsError("Saving every N steps needs a checkpoint folder.")
+        if settings.keep_best and (held_out is None or not self.checkpoint_dir):
+            raise SettingsError("Keeping the best checkpoint needs validation (a validation split or dataset) and a checkpoint folder.")
         if self.device.type == "cpu":
             keep_freed_memory_for_reuse()
         self.resume_from, self.init_lora = continuation_paths(resume_from, init_lora)
@@ -153,6 +166,9 @@ class Trainer:
         )
         self.images = ImageLatents(self.plan, self._encode_images, base.vae_scale_factor, self.device, self.timer)
         self.captions = CaptionConditioning(self.plan, self._encode_text, self.device, self.timer, self.models.trains_text)
+        self.validation = None if held_out is None else Validation(
+            held_out, settings, self._encode_images, self._encode_text, base.vae_scale_factor, self.device, self.timer, self.models.trains_text,
+        )
         self.history = RunHistory()
         self.saver = TrainingCheckpoints(self.checkpoint_dir, self.models, run_state(self), settings.keep_last, settings.steps, self.progress)
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -213,21 +229,41 @@ class Trainer:
         weights = objective.loss_weights(timesteps, settings.min_snr_gamma)
         return denoising_loss(prediction, target, settings.loss, weights, settings.huber_c)
 
-    @torch.no_grad()
     def evaluate(self) -> float:
-        """Loss at fixed noises and timesteps on the first images: comparable across runs."""
+        """Loss at fixed noises and timesteps on the first training images: comparable across runs."""
+        return self._fixed_loss(self.images, self.captions, min(EVAL_IMAGES, len(self.dataset)))
+
+    @torch.no_grad()
+    def _fixed_loss(self, images: ImageLatents, captions: CaptionConditioning, count: int) -> float:
+        """Mean plain loss over the first ``count`` images of a cache, at the same noises and timesteps every time."""
         rng = generator(EVAL_SEED)
         size = self.settings.resolution // self.base.vae_scale_factor
         timesteps = self.objective.eval_timesteps(EVAL_DRAWS)
         losses = []
-        for index in range(min(EVAL_IMAGES, len(self.dataset))):
-            latent, size_ids = self.images.eval_item(index, size)
-            text = self.captions.batch([index], self.models.text_encoders)
+        for index in range(count):
+            latent, size_ids = images.eval_item(index, size)
+            text = captions.batch([index], self.models.text_encoders)
             # All draws of an image in one batch: one pass instead of EVAL_DRAWS (the loss is their mean either way).
             texts = {key: value.expand(EVAL_DRAWS, *value.shape[1:]) for key, value in text.items()}
             latents, sizes = latent.expand(EVAL_DRAWS, -1, -1, -1), size_ids.expand(EVAL_DRAWS, -1)
             losses.append(float(self._loss(self.models.unet, latents, texts, sizes, rng, timesteps=timesteps, plain=True)))
         return sum(losses) / len(losses)
+
+    def _validate(self, step: int) -> None:
+        """The held-out loss now; with keep best, a checkpoint when it is the lowest so far."""
+        validation, history = self.validation, self.history
+        self.models.train_mode(False)
+        try:
+            with self.timer("validation"):
+                loss = self._fixed_loss(validation.images, validation.captions, validation.count)
+        finally:
+            self.models.train_mode(True)
+        history.validation.append((step, loss))
+        best = history.best_validation == (step, loss)
+        if best and validation.keep_best and self.checkpoint_dir is not None:
+            history.best_checkpoint = str(self.save_checkpoint(step))
+        message = f"validation loss {loss:.4f}" + (" (best so far)" if best else "")
+        self.progress(ProgressEvent("validation", step, self.settings.steps, loss=loss, message=message))
 
     # ------------------------------------------------------------------ checkpoints, previews
 
@@ -262,8 +298,8 @@ class Trainer:
 
     def _restore_base(self) -> None:
         self.models.restore()
-        self.images.clear()
-        self.captions.clear()
+        for cache in (self.images, self.captions, *((self.validation.images, self.validation.captions) if self.validation else ())):
+            cache.clear()
 
     # ------------------------------------------------------------------ the run
 
@@ -289,7 +325,8 @@ class Trainer:
         self._run_start = time.perf_counter()
         self.models.inject()
         try:
-            fill_caches(self.images, self.captions, self.models, self.progress, self.should_stop)
+            caches = [(self.images, self.captions)] + ([(self.validation.images, self.validation.captions)] if self.validation else [])
+            fill_caches(caches, self.models, self.progress, self.should_stop)
             groups = self.models.parameter_groups()
             parameters = [p for group in groups for p in group["params"]]
             self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(groups, self.settings, self.device, self.dtype)
@@ -311,7 +348,8 @@ class Trainer:
             phase_seconds=self.timer.seconds, skipped_steps=history.skipped_steps, samples=history.samples,
             checkpoint_bytes=history.checkpoint_bytes, model_family=self.family.name, prediction_type=self.prediction_type,
             prediction_reason=self.base.prediction_reason if self.settings.prediction == "auto" else f"the prediction setting ({self.settings.prediction})",
-            resolution=self.settings.resolution,
+            resolution=self.settings.resolution, validation_losses=history.validation,
+            best_validation=history.best_validation, best_checkpoint=history.best_checkpoint,
         )
 
     def _loop(self, start_step: int, parameters: list[torch.nn.Parameter]) -> tuple[int, bool, list[float], float | None]:
@@ -346,6 +384,8 @@ class Trainer:
                     "train", step, settings.steps, loss=loss_value, smoothed_loss=smoothed,
                     lr=history.learning_rates[-1], seconds_per_step=per_step, eta_seconds=per_step * (settings.steps - step),
                 ))
+            if self.validation is not None and self.validation.due(step, settings.steps):
+                self._validate(step)
             if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
                 self.save_checkpoint(step)
             if settings.sample_every and step % settings.sample_every == 0:

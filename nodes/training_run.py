@@ -20,11 +20,15 @@ PREVIEW_SIZE = 512
 BUCKETS = {"auto": None, "on": True, "off": False}
 
 
-def node_settings(base, device, *, resolution: int, aspect_buckets: str, gradient_checkpointing: bool, checkpoint_folder: str, seed: int, **widgets: Any):
-    """TrainLoRA's widgets as core settings: resolution 0 and buckets "auto" are the base family's choice, and
-    SDXL on a card too small for it without gradient checkpointing gets it (kept on the note the console prints)."""
+def node_settings(base, device, *, resolution: int, aspect_buckets: str, gradient_checkpointing: bool, checkpoint_folder: str, seed: int,
+                  options=None, **widgets: Any):
+    """TrainLoRA's widgets (and a Training Options node's values) as core settings: resolution 0 and buckets
+    "auto" are the base family's choice, and SDXL on a card too small for it without gradient checkpointing
+    gets it (the console says so)."""
     from ..core.devices import accelerator_memory
     from ..core.training import TrainSettings
+
+    from .options import apply_options
 
     if aspect_buckets not in BUCKETS:
         raise TrainerError(f"Aspect buckets must be one of {', '.join(BUCKETS)}, got {aspect_buckets!r}.")
@@ -34,13 +38,13 @@ def node_settings(base, device, *, resolution: int, aspect_buckets: str, gradien
     if not gradient_checkpointing and needs and memory is not None and memory < needs:
         gradient_checkpointing = True
         print(f"[LoRA Trainer] {family.label} on a {memory / 2**30:.0f} GB card: gradient checkpointing turned on so a step fits.", flush=True)
-    return TrainSettings(
+    return apply_options(TrainSettings(
         steps=int(widgets["steps"]), learning_rate=float(widgets["learning_rate"]), batch_size=int(widgets["batch_size"]),
         resolution=int(resolution) or None, seed=int(seed), lr_scheduler=widgets["lr_scheduler"], warmup_steps=int(widgets["warmup_steps"]),
         precision=widgets["precision"], gradient_checkpointing=bool(gradient_checkpointing), random_flip=bool(widgets["random_flip"]),
         save_every=int(widgets["save_every"]), bucket=BUCKETS[aspect_buckets],
         output_name=(checkpoint_folder or "lora").strip().replace("/", "_"),
-    )
+    ), options)
 
 
 def resume_point(checkpoint_dir: Path, steps: int) -> tuple[Path | None, int]:

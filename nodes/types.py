@@ -13,6 +13,8 @@ from typing import Any
 BASE = "LORA_TRAINER_BASE"
 DATASET = "LORA_TRAINER_DATASET"
 LORA_CONFIG = "LORA_TRAINER_CONFIG"
+OPTIONS = "LORA_TRAINER_OPTIONS"
+OPTIONS_SCHEMA = 1  # raised when the meaning of an options value changes (not when a setting is added)
 LORA = "LORA_MODEL"  # ComfyUI's: a dict of kohya/ComfyUI LoRA key -> tensor
 LOSS = "LOSS_MAP"  # ComfyUI's: {"loss": [float, ...]}
 
@@ -46,3 +48,12 @@ def loss_map(loss_history: list[float], lr_history: list[float] | None = None) -
     if lr_history:
         result["lr"] = [float(value) for value in lr_history]
     return result
+
+
+class TrainingOptionValues(dict):
+    """LORA_TRAINER_OPTIONS: TrainSettings field -> value, from the Training Options node."""
+
+    schema = OPTIONS_SCHEMA
+
+    def __repr__(self) -> str:
+        return f"TrainingOptions({len(self)} settings)"

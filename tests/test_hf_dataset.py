@@ -146,3 +146,23 @@ def test_list_of_captions_uses_the_first(tmp_path):
     features = datasets.Features({"image": datasets.Image(), "captions": datasets.List(datasets.Value("string"))})
     datasets.Dataset.from_dict({"image": [png_bytes()], "captions": [["first one", "second one"]]}, features=features).save_to_disk(str(tmp_path / "s"))
     assert load_hf_dataset(tmp_path / "s").entries[0].caption == "first one"
+
+
+def test_the_cli_downloads_a_named_dataset_unless_told_offline(monkeypatch):
+    """Without --offline the CLI leaves the hub reachable for datasets; --offline closes it and the message says so."""
+    import os
+
+    from core import cli
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", cli.OFFLINE_REASON):
+        monkeypatch.setenv(name, "")  # recorded first, so the teardown puts back what was there
+        monkeypatch.delenv(name)
+    cli._quiet_libraries(offline=False)
+    assert "HF_HUB_OFFLINE" not in os.environ and "HF_DATASETS_OFFLINE" not in os.environ
+    cli._quiet_libraries(offline=True)
+    assert os.environ["HF_HUB_OFFLINE"] == "1" and os.environ[cli.OFFLINE_REASON] == "--offline was given"
+    with pytest.raises(DatasetError, match=r"HF_HUB_OFFLINE is set \(--offline was given\); run without --offline once"):
+        load_hf_dataset("svjack/not-cached-either")
+    monkeypatch.delenv(cli.OFFLINE_REASON)
+    with pytest.raises(DatasetError, match=r"HF_HUB_OFFLINE is set \(it is set in your environment\); unset HF_HUB_OFFLINE once"):
+        load_hf_dataset("svjack/not-cached-either")
