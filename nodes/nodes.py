@@ -20,7 +20,18 @@ CATEGORY = "LoRA Trainer"
 PREFIX = "LoRATrainer_"
 DIFFUSERS_TAG = "[diffusers] "
 CHECKPOINT_EXTENSIONS = (".safetensors", ".ckpt", ".pt", ".pth")
-PRECISIONS = ["auto", "fp32", "fp16", "bf16"]
+AUTO_PRECISION = "auto = bf16 on GPUs and CPUs that have it, else fp16 on a GPU and fp32 on the CPU"
+
+
+def core_choices(name: str) -> list[str]:
+    """An enum widget's choices, from core's own list (imported when ComfyUI asks for the inputs, never at import)."""
+    from ..core import dataset, devices, lora, optim
+
+    lists = {"precisions": devices.PRECISIONS, "layouts": dataset.LAYOUTS, "targets": tuple(lora.UNET_TARGET_PRESETS),
+             "adapters": lora.ADAPTER_TYPES, "lr_schedulers": optim.LR_SCHEDULERS}
+    return list(lists[name])
+
+
 BUCKET_CHOICES = ["auto", "on", "off"]
 
 
@@ -66,7 +77,7 @@ class LoadBaseCheckpoint:
         return {
             "required": {
                 "checkpoint": (checkpoint_choices(), {"tooltip": "SD1.x, SD2.x or SDXL checkpoint from models/checkpoints, or a diffusers folder from models/diffusers ([diffusers] prefix)."}),
-                "precision": (PRECISIONS, {"default": "auto", "tooltip": "Storage precision of the UNet and text encoders: auto = fp16 on a GPU, fp32 on the CPU. The VAE always stays fp32 (the SD and SDXL VAEs overflow in fp16)."}),
+                "precision": (core_choices("precisions"), {"default": "auto", "tooltip": f"Storage precision of the UNet and text encoders ({AUTO_PRECISION}: the precision Train LoRA's auto trains in). The VAE always stays fp32 (the SD and SDXL VAEs overflow in fp16)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
@@ -74,13 +85,14 @@ class LoadBaseCheckpoint:
     def load(self, checkpoint, precision, unique_id=None):
         import torch
 
+        from ..core.devices import resolve_precision, torch_dtype
         from ..core.model_loading import load_base_model
 
         path, is_folder = resolve_checkpoint(checkpoint)
         tokenizer = None if is_folder and (path / "tokenizer" / "vocab.json").is_file() else api().tokenizer_dir()
         device = api().torch_device()
-        chosen = precision if precision != "auto" else ("fp16" if getattr(device, "type", "cpu") != "cpu" else "fp32")
-        dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[chosen]
+        # auto: what Train LoRA's auto trains in on this device; an explicit choice is a storage dtype (fp16 on a CPU too).
+        dtype = torch_dtype(resolve_precision(precision, device) if precision == "auto" else precision)
         # ComfyUI runs nodes under torch.inference_mode(); tensors made there can never join autograd, so load outside it.
         # Read straight into the storage precision: an SDXL file is never held in fp32 on the way.
         with torch.inference_mode(False):
@@ -125,7 +137,7 @@ class FolderDataset:
     def INPUT_TYPES(cls):
         return {"required": {
             "folder": ("STRING", {"default": "", "tooltip": "Absolute path of the dataset folder (or a path relative to ComfyUI's input folder)."}),
-            "layout": (["auto", "image-text", "sidecar", "kohya", "imagefolder"], {"default": "auto", "tooltip": "auto detects: image/ + text/ folders; metadata.jsonl/csv (imagefolder); kohya 10_name folders (10 repeats); else .txt captions beside each image."}),
+            "layout": (core_choices("layouts"), {"default": "auto", "tooltip": "auto detects: image/ + text/ folders; metadata.jsonl/csv (imagefolder); kohya 10_name folders (10 repeats); else .txt captions beside each image."}),
             "repeats": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip": "How many times each image is seen per epoch."}),
         }}
 
@@ -241,10 +253,10 @@ class LoRAConfig:
             "rank": ("INT", {"default": 4, "min": 1, "max": 256, "tooltip": "LoRA rank: the size of each adapter. 4-32 is typical; higher learns more and makes larger files."}),
             "alpha": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1024.0, "step": 0.5, "tooltip": "LoRA alpha; the update is scaled by alpha/rank. 0 means alpha = rank (scale 1)."}),
             "dropout": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.9, "step": 0.01, "tooltip": "Dropout on the adapters' input during training; 0 turns it off."}),
-            "targets": (["kohya", "attention", "kohya+conv"], {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5, 722 on SDXL); attention: to_q/k/v/out only (128 on SD1.5); kohya+conv: kohya plus the ResNet and down/upsampler convolutions (LoCon: 278 on SD1.5, 788 on SDXL)."}),
+            "targets": (core_choices("targets"), {"default": "kohya", "tooltip": "kohya: attention, feed-forward and proj_in/out (192 modules on SD1.5, 722 on SDXL); attention: to_q/k/v/out only (128 on SD1.5); kohya+conv: kohya plus the ResNet and down/upsampler convolutions (LoCon: 278 on SD1.5, 788 on SDXL)."}),
             "train_text_encoder": ("BOOLEAN", {"default": False, "tooltip": "Also train a LoRA on the text encoder (both of SDXL's; stronger, slower; turns off the caption cache)."}),
         }, "optional": {
-            "adapter": (["lora", "loha", "lokr"], {"default": "lora", "tooltip": "lora: the usual low-rank adapter. loha: LyCORIS LoHa (two low-rank pairs multiplied elementwise; more expressive at the same rank, about twice as slow to train). lokr: LyCORIS LoKr (a Kronecker product; small files). LoHa and LoKr need dropout 0. All load in ComfyUI's LoRA loaders."}),
+            "adapter": (core_choices("adapters"), {"default": "lora", "tooltip": "lora: the usual low-rank adapter. loha: LyCORIS LoHa (two low-rank pairs multiplied elementwise; more expressive at the same rank, about twice as slow to train). lokr: LyCORIS LoKr (a Kronecker product; small files). LoHa and LoKr need dropout 0. All load in ComfyUI's LoRA loaders."}),
             "dora": ("BOOLEAN", {"default": False, "tooltip": "Weight-decomposed LoRA (DoRA): learns each output's magnitude apart from its direction. LoRA adapters only."}),
             "conv_rank": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Rank of the 3x3 convolution adapters with kohya+conv targets; 0 means the LoRA rank."}),
             "text_encoder_rank": ("INT", {"default": 0, "min": 0, "max": 256, "tooltip": "Rank of the text-encoder adapters when the text encoder is trained; 0 means the LoRA rank."}),
@@ -287,20 +299,23 @@ class TrainLoRA:
                 "training_seed": ("INT", {"default": 0, "min": 0, "max": 2**31 - 1, "control_after_generate": False, "tooltip": "Every random choice derives from this seed: same seed and settings, same LoRA."}),
                 "save_every": ("INT", {"default": 200, "min": 0, "max": 1_000_000, "tooltip": "Write a resumable checkpoint every N steps (0: only when cancelled and at the end)."}),
                 "checkpoint_folder": ("STRING", {"default": "my_lora", "tooltip": "Folder under models/lora_logs for this run's checkpoints. Queueing again with the same folder and settings resumes there."}),
-                "lr_scheduler": (["cosine", "constant", "constant_with_warmup", "linear"], {"default": "cosine", "tooltip": "How the learning rate changes over the run."}),
+                "lr_scheduler": (core_choices("lr_schedulers"), {"default": "cosine", "tooltip": "How the learning rate changes over the run (cosine_with_restarts takes its cycles from Training Options)."}),
                 "warmup_steps": ("INT", {"default": 0, "min": 0, "max": 100_000, "tooltip": "Steps of linear learning-rate warm-up at the start."}),
-                "precision": (PRECISIONS, {"default": "auto", "tooltip": "Mixed precision for training: auto = bf16/fp16 on a GPU, fp32 on the CPU."}),
+                "precision": (core_choices("precisions"), {"default": "auto", "tooltip": f"Mixed precision for training: {AUTO_PRECISION}."}),
                 "gradient_checkpointing": ("BOOLEAN", {"default": False, "tooltip": "Use less memory for more compute; turn on if training runs out of memory. SDXL on a card of 12 GB or less turns it on by itself."}),
                 "random_flip": ("BOOLEAN", {"default": True, "tooltip": "Mirror images at random (turn off for text, logos or asymmetric subjects)."}),
             },
             "optional": {
                 "aspect_buckets": (BUCKET_CHOICES, {"default": "auto", "tooltip": "Train each image near its own aspect ratio instead of a square crop. auto: on for SDXL, off for SD1.x/SD2.x."}),
+                "options": (T.OPTIONS, {"tooltip": "Advanced settings from a Training Options node (optimizer, loss, captions, previews, validation, ...); without it, their defaults."}),
+                "validation_dataset": (T.DATASET, {"tooltip": "Images to measure the validation loss on while training, instead of holding out part of the dataset (Training Options' validation split)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, base, dataset, lora_config, steps, learning_rate, batch_size, resolution, training_seed, save_every,
-              checkpoint_folder, lr_scheduler, warmup_steps, precision, gradient_checkpointing, random_flip, aspect_buckets="auto", unique_id=None):
+              checkpoint_folder, lr_scheduler, warmup_steps, precision, gradient_checkpointing, random_flip, aspect_buckets="auto",
+              options=None, validation_dataset=None, unique_id=None):
         import torch
 
         from ..core.training import Trainer
@@ -312,9 +327,9 @@ class TrainLoRA:
             base, bridge.torch_device(), steps=steps, learning_rate=learning_rate, batch_size=batch_size, resolution=resolution,
             seed=training_seed, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, precision=precision,
             gradient_checkpointing=gradient_checkpointing, random_flip=random_flip, save_every=save_every,
-            checkpoint_folder=checkpoint_folder, aspect_buckets=aspect_buckets,
+            checkpoint_folder=checkpoint_folder, aspect_buckets=aspect_buckets, options=options,
         )
-        settings.validate(dataset.num_samples)
+        settings.validate()
         checkpoint_dir = safe_child(lora_logs_root(), checkpoint_folder, "checkpoint folder")
         resume_from, resumed_step = resume_point(checkpoint_dir, settings.steps)
         node_id = str(unique_id) if unique_id is not None else ""
@@ -325,16 +340,12 @@ class TrainLoRA:
             trainer = Trainer(
                 base, dataset, lora_config, settings, device=bridge.torch_device(), progress=progress,
                 should_stop=progress.should_stop, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
+                validation_dataset=validation_dataset,
             )
             with torch.inference_mode(False), torch.enable_grad():  # ComfyUI executes nodes in inference mode
-                result = trainer.run()
+                result = trainer.run()  # core turns running out of memory into its advice (a TrainerError)
             step = result.steps
             status = "interrupted" if result.interrupted else "done"
-        except torch.OutOfMemoryError:
-            raise TrainerError(
-                f"Training ran out of accelerator memory at {settings.resolution} px, batch {settings.batch_size}; "
-                "lower the resolution or batch size, or turn on gradient checkpointing."
-            ) from None
         finally:
             progress.finish(status, step)
             bridge.empty_cache()  # core already moved its models off the accelerator; give the memory back to sampling

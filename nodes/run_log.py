@@ -23,9 +23,12 @@ def _thin(values: list[float]) -> list[float]:
     return [values[int(i * stride)] for i in range(MAX_POINTS)]
 
 
-def start(node_id: str, total: int, loss: list[float] | None = None, resumed_from: int = 0) -> None:
+def start(node_id: str, total: int, loss: list[float] | None = None, resumed_from: int = 0, validation: list | None = None) -> None:
     with _lock:
-        _runs[node_id] = {"node": node_id, "total": total, "step": resumed_from, "loss": list(loss or []), "status": "running", "resumed_from": resumed_from}
+        _runs[node_id] = {
+            "node": node_id, "total": total, "step": resumed_from, "loss": list(loss or []), "status": "running",
+            "resumed_from": resumed_from, "validation": [list(point) for point in validation or []],
+        }
 
 
 def record(node_id: str, step: int, loss: float, info: dict[str, Any]) -> None:
@@ -33,6 +36,14 @@ def record(node_id: str, step: int, loss: float, info: dict[str, Any]) -> None:
         run = _runs.setdefault(node_id, {"node": node_id, "loss": [], "status": "running"})
         run["loss"].append(float(loss))
         run.update(info, step=step)
+
+
+def record_validation(node_id: str, step: int, loss: float) -> None:
+    """One point of the held-out loss curve (a repeated step replaces the old point)."""
+    with _lock:
+        run = _runs.setdefault(node_id, {"node": node_id, "loss": [], "status": "running"})
+        points = [point for point in run.setdefault("validation", []) if point[0] != step]
+        run["validation"] = sorted([*points, [int(step), float(loss)]])
 
 
 def finish(node_id: str, status: str) -> None:

@@ -84,7 +84,8 @@ class ComfyProgress:
         self._last: dict[str, Any] = {}
         if resumed_from:
             self._advance_bar(resumed_from, total)
-        run_log.start(self.node_id, total, run_log_prefix(self.node_id, resumed_from), resumed_from)
+        losses, validation = run_log_prefix(self.node_id, resumed_from)
+        run_log.start(self.node_id, total, losses, resumed_from, validation)
         self._send({"phase": "start", "step": resumed_from, "total": total, "resumed_from": resumed_from})
 
     def _advance_bar(self, value: int, total: int, preview=None) -> None:
@@ -118,6 +119,9 @@ class ComfyProgress:
                 # Every raw loss since the previous event rides along, so throttling drops no point of the curve.
                 self._send({**info, "losses": self._pending, "first_step": event.step - len(self._pending) + 1})
                 self._pending = []
+        elif event.phase == "validation":
+            run_log.record_validation(self.node_id, event.step, event.loss)
+            self._send({"phase": "validation", "step": event.step, "total": event.total, "validation_loss": event.loss, "message": event.message})
         elif event.phase in ("cache", "save"):
             now = time.monotonic()
             if event.phase == "save" or event.step >= event.total or now - self._last_sent >= self.interval:
@@ -132,11 +136,11 @@ class ComfyProgress:
         self._send({"phase": status, "step": step, "total": self.total})
 
 
-def run_log_prefix(node_id: str, resumed_from: int) -> list[float]:
-    """On resume, keep the curve drawn so far (up to the checkpoint's step) so the chart continues it."""
+def run_log_prefix(node_id: str, resumed_from: int) -> tuple[list[float], list]:
+    """On resume, keep the curves drawn so far (up to the checkpoint's step) so the chart continues them."""
     if not resumed_from:
-        return []
+        return [], []
     previous = run_log.get(node_id)
     if previous is None or previous["points"] < resumed_from:
-        return []
-    return previous["loss"][:resumed_from]
+        return [], []
+    return previous["loss"][:resumed_from], [point for point in previous.get("validation", []) if point[0] <= resumed_from]

@@ -2,8 +2,8 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import {
-  applyEvent, emaSmooth, emptyState, formatDuration, formatLr, formatRate, fromServerRun, fromStored, mergeLosses,
-  statusLine, thin, toCanvasPoints, toStored, valueRange,
+  applyEvent, bestValidation, emaSmooth, emptyState, formatDuration, formatLr, formatRate, fromServerRun, fromStored, mergeLosses,
+  mergeValidation, statusLine, thin, toCanvasPoints, toStored, validationCanvasPoints, valueRange,
 } from "../../web/js/loss_chart_logic.js";
 
 test("emaSmooth matches core's 0.9/0.1 average and skips non-finite values", () => {
@@ -89,4 +89,40 @@ test("stored and server records restore the curve after a reload", () => {
   const server = fromServerRun({ loss: [0.5, 0.4], step: 2, total: 10, status: "running", lr: 1e-4 });
   assert.equal(server.loss, 0.4);
   assert.equal(fromServerRun({ error: "x" }), null);
+});
+
+
+test("validation points form their own series, sorted by step, a repeated step replacing the old point", () => {
+  let state = applyEvent(emptyState(), { phase: "start", step: 0, total: 10 });
+  state = applyEvent(state, { phase: "validation", step: 4, total: 10, validation_loss: 0.3 });
+  state = applyEvent(state, { phase: "validation", step: 2, total: 10, validation_loss: 0.5 });
+  state = applyEvent(state, { phase: "validation", step: 4, total: 10, validation_loss: 0.25 });
+  assert.deepEqual(state.validation, [[2, 0.5], [4, 0.25]]);
+  assert.deepEqual(state.losses, [], "validation never touches the training curve");
+  assert.deepEqual(mergeValidation([[1, 1]], 3, "0.5"), [[1, 1], [3, 0.5]]);
+});
+
+test("the best validation step is the lowest loss, the earliest of equal ones", () => {
+  assert.deepEqual(bestValidation([[2, 0.5], [4, 0.25], [6, 0.25], [8, 0.4]]), [4, 0.25]);
+  assert.equal(bestValidation([]), null);
+  const line = statusLine({ ...emptyState(), total: 10, step: 8, validation: [[2, 0.5], [4, 0.25], [8, 0.4]] });
+  assert.match(line, /val 0\.4000 \(best 0\.2500 @ 4\)/);
+});
+
+test("a resume keeps the validation points up to the checkpoint and a new run drops them", () => {
+  const before = { ...emptyState(), losses: [1, 0.9, 0.8, 0.7], validation: [[2, 0.6], [4, 0.5]], total: 8 };
+  assert.deepEqual(applyEvent(before, { phase: "start", step: 2, total: 8, resumed_from: 3 }).validation, [[2, 0.6]]);
+  assert.deepEqual(applyEvent(before, { phase: "start", step: 0, total: 8 }).validation, []);
+});
+
+test("validation points sit on the training curve's x scale and survive a reload", () => {
+  const rect = { x: 0, y: 0, width: 90, height: 10 };
+  const [[x2], [x10]] = validationCanvasPoints([[2, 0.5], [10, 0.5]], 10, rect, [0, 1]);
+  const train = toCanvasPoints(Array(10).fill(0.5), 10, rect, [0, 1]);
+  assert.equal(x2, train[1][0]);
+  assert.equal(x10, train[9][0]);
+  const state = { ...emptyState(), losses: [1, 0.5], validation: [[2, 0.7]], total: 4, step: 2, status: "done" };
+  assert.deepEqual(fromStored(JSON.parse(JSON.stringify(toStored(state)))).validation, [[2, 0.7]]);
+  assert.deepEqual(fromServerRun({ loss: [1, 0.5], validation: [[2, 0.7]], step: 2, total: 4, status: "done" }).validation, [[2, 0.7]]);
+  assert.deepEqual(fromStored({ losses: [1] }).validation, [], "a run stored before validation existed has none");
 });

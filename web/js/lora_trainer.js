@@ -3,14 +3,15 @@
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
 import {
-  applyEvent, emaSmooth, emptyState, formatLoss, fromServerRun, fromStored, statusLine, toCanvasPoints, toStored, valueRange,
+  applyEvent, bestValidation, emaSmooth, emptyState, formatLoss, fromServerRun, fromStored, statusLine, toCanvasPoints, toStored,
+  validationCanvasPoints, valueRange,
 } from "./loss_chart_logic.js";
 
 const NODE_TYPE = "LoRATrainer_TrainLoRA";
 const EVENT = "lora_trainer.progress";
 const PROPERTY = "lora_trainer_last_run";
 const CHART_MIN_HEIGHT = 170;
-const COLORS = { background: "#1b1d22", grid: "#353a44", raw: "rgba(120,170,255,0.45)", smooth: "#ffb347", text: "#d8dde6", dim: "#8a93a3" };
+const COLORS = { background: "#1b1d22", grid: "#353a44", raw: "rgba(120,170,255,0.45)", smooth: "#ffb347", validation: "#6fdc8c", text: "#d8dde6", dim: "#8a93a3" };
 
 function chartState(node) {
   if (!node.__loraChart) node.__loraChart = fromStored(node.properties?.[PROPERTY]);
@@ -69,7 +70,8 @@ function drawChart(ctx, node) {
   const plot = { x: box.x + 44, y: box.y + 36, width: box.width - 54, height: box.height - 48 };
   if (plot.height > 20) {
     const smooth = emaSmooth(state.losses);
-    const range = valueRange(state.losses);
+    const validation = state.validation ?? [];
+    const range = valueRange(state.losses.concat(validation.map(([, loss]) => loss)));
     ctx.strokeStyle = COLORS.grid;
     ctx.lineWidth = 1;
     ctx.strokeRect(plot.x, plot.y, plot.width, plot.height);
@@ -84,6 +86,7 @@ function drawChart(ctx, node) {
       ctx.lineWidth = 2;
       ctx.strokeStyle = COLORS.smooth;
       polyline(ctx, toCanvasPoints(smooth, state.total, plot, range));
+      if (validation.length) drawValidation(ctx, validation, state.total, plot, range);
       ctx.fillStyle = COLORS.smooth;
       ctx.fillText("smoothed", plot.x + plot.width - 110, plot.y + 8);
       ctx.fillStyle = "rgba(120,170,255,0.9)";
@@ -95,6 +98,33 @@ function drawChart(ctx, node) {
     }
   }
   ctx.restore();
+}
+
+// The held-out loss as its own series (dots joined by a line) and the best step marked with a ring and a dashed line.
+function drawValidation(ctx, validation, total, plot, range) {
+  const points = validationCanvasPoints(validation, total, plot, range);
+  ctx.strokeStyle = COLORS.validation;
+  ctx.fillStyle = COLORS.validation;
+  ctx.lineWidth = 1.5;
+  polyline(ctx, points);
+  for (const [x, y] of points) {
+    ctx.beginPath();
+    ctx.arc(x, y, 2.5, 0, 2 * Math.PI);
+    ctx.fill();
+  }
+  const best = bestValidation(validation);
+  const [bx, by] = validationCanvasPoints([best], total, plot, range)[0];
+  ctx.setLineDash([3, 3]);
+  ctx.beginPath();
+  ctx.moveTo(bx, plot.y);
+  ctx.lineTo(bx, plot.y + plot.height);
+  ctx.stroke();
+  ctx.setLineDash([]);
+  ctx.beginPath();
+  ctx.arc(bx, by, 5, 0, 2 * Math.PI);
+  ctx.stroke();
+  ctx.fillText(`best @ ${best[0]}`, Math.min(bx + 4, plot.x + plot.width - 60), plot.y + plot.height - 10);
+  ctx.fillText("validation", plot.x + plot.width - 180, plot.y + 8);
 }
 
 async function restoreFromServer(node) {
@@ -152,7 +182,7 @@ app.registerExtension({
       const node = app.graph?.getNodeById?.(Number(id)) ?? app.graph?.getNodeById?.(id);
       if (!node || node.type !== NODE_TYPE) return;
       const next = applyEvent(chartState(node), detail);
-      setState(node, next, detail.phase !== "train" && detail.phase !== "cache"); // persist at start/save/end, not every step
+      setState(node, next, detail.phase !== "train" && detail.phase !== "cache"); // persist at start/save/validation/end, not every step
     });
   },
 });

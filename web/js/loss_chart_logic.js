@@ -82,7 +82,33 @@ export function formatLoss(loss) {
 }
 
 export function emptyState() {
-  return { losses: [], step: 0, total: 0, loss: null, smoothed: null, lr: null, secondsPerStep: null, eta: null, status: "idle", message: "" };
+  return { losses: [], validation: [], step: 0, total: 0, loss: null, smoothed: null, lr: null, secondsPerStep: null, eta: null, status: "idle", message: "" };
+}
+
+/** Put one validation point [step, loss] into the series (sorted by step; a repeated step replaces the old point). */
+export function mergeValidation(points, step, loss) {
+  const kept = (points ?? []).filter(([s]) => s !== step);
+  kept.push([step, Number(loss)]);
+  return kept.sort((a, b) => a[0] - b[0]);
+}
+
+/** The [step, loss] of the lowest validation loss (the earliest of equal ones), or null. */
+export function bestValidation(points) {
+  let best = null;
+  for (const point of points ?? []) {
+    if (Number.isFinite(point[1]) && (best === null || point[1] < best[1])) best = point;
+  }
+  return best;
+}
+
+/** Canvas points of the validation series, on the same x scale as the training curve (step s sits where loss s does). */
+export function validationCanvasPoints(points, total, rect, range) {
+  const span = Math.max(total, 1);
+  const [low, high] = range;
+  return (points ?? []).map(([step, loss]) => [
+    rect.x + (span <= 1 ? 0 : ((step - 1) / (span - 1)) * rect.width),
+    rect.y + rect.height - ((loss - low) / (high - low)) * rect.height,
+  ]);
 }
 
 /** The chart state after one `lora_trainer.progress` websocket event (a new object; the old one is untouched). */
@@ -92,6 +118,7 @@ export function applyEvent(state, event) {
   switch (event.phase) {
     case "start":
       next.losses = event.resumed_from ? state.losses.slice(0, event.resumed_from) : [];
+      next.validation = event.resumed_from ? (state.validation ?? []).filter(([s]) => s <= event.resumed_from) : [];
       Object.assign(next, { step: event.step || 0, total, status: "running", message: event.resumed_from ? `resumed at step ${event.resumed_from}` : "" });
       break;
     case "cache":
@@ -104,6 +131,10 @@ export function applyEvent(state, event) {
       break;
     case "save":
       next.message = event.message || "checkpoint saved";
+      break;
+    case "validation":
+      next.validation = mergeValidation(state.validation, event.step, event.validation_loss);
+      next.message = event.message || "";
       break;
     case "done": case "interrupted": case "error":
       Object.assign(next, { status: event.phase, step: event.step ?? state.step, eta: event.phase === "done" ? 0 : state.eta });
@@ -122,25 +153,37 @@ export function statusLine(state) {
   if (state.loss !== null && state.loss !== undefined) parts.push(`loss ${formatLoss(state.loss)} (avg ${formatLoss(state.smoothed)})`);
   if (state.lr !== null && state.lr !== undefined) parts.push(`lr ${formatLr(state.lr)}`);
   if (state.secondsPerStep) parts.push(formatRate(state.secondsPerStep));
+  const best = bestValidation(state.validation);
+  if (best) parts.push(`val ${formatLoss(state.validation.at(-1)[1])} (best ${formatLoss(best[1])} @ ${best[0]})`);
   if (state.status === "running") parts.push(`ETA ${formatDuration(state.eta)}`);
   return parts.join("  ·  ");
 }
 
 /** What is stored in node.properties so the curve survives a page reload (thinned, plain JSON). */
 export function toStored(state) {
-  return { losses: thin(state.losses), points: state.losses.length, step: state.step, total: state.total, status: state.status === "running" ? "stale" : state.status };
+  return {
+    losses: thin(state.losses), points: state.losses.length, validation: thin(state.validation ?? []), step: state.step, total: state.total,
+    status: state.status === "running" ? "stale" : state.status,
+  };
+}
+
+function validationList(points) {
+  return Array.isArray(points) ? points.filter((p) => Array.isArray(p) && p.length === 2).map(([s, v]) => [Number(s), Number(v)]) : [];
 }
 
 export function fromStored(stored) {
   if (!stored || !Array.isArray(stored.losses)) return emptyState();
-  return { ...emptyState(), losses: stored.losses.map((v) => (v === null ? null : Number(v))), step: stored.step | 0, total: stored.total | 0, status: stored.status || "idle", message: "last run" };
+  return {
+    ...emptyState(), losses: stored.losses.map((v) => (v === null ? null : Number(v))), validation: validationList(stored.validation),
+    step: stored.step | 0, total: stored.total | 0, status: stored.status || "idle", message: "last run",
+  };
 }
 
 /** The server's record of the last run (GET /lora_trainer/last_run/<node id>) as chart state. */
 export function fromServerRun(run) {
   if (!run || !Array.isArray(run.loss)) return null;
   return {
-    ...emptyState(), losses: run.loss, step: run.step | 0, total: run.total | 0, loss: run.loss.at(-1) ?? null,
+    ...emptyState(), losses: run.loss, validation: validationList(run.validation), step: run.step | 0, total: run.total | 0, loss: run.loss.at(-1) ?? null,
     smoothed: run.smoothed_loss ?? null, lr: run.lr ?? null, secondsPerStep: run.seconds_per_step ?? null,
     eta: run.eta_seconds ?? null, status: run.status || "done", message: run.status === "running" ? "" : "last run",
   };
