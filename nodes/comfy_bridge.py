@@ -147,6 +147,67 @@ class ComfyAPI:
 
         return comfy.sd.load_lora_for_models(model, clip, dict(tensors), strength_model, strength_clip)
 
+    # ------------------------------------------------------------------ sampling (the comparison grid)
+
+    # What the sampler and scheduler widgets offer when ComfyUI is absent (introspection, tests):
+    # ComfyUI's long-standing names, so a saved workflow's choice is still valid inside ComfyUI.
+    FALLBACK_SAMPLERS = ("euler", "euler_ancestral", "heun", "dpm_2", "dpm_2_ancestral", "lms", "dpmpp_2s_ancestral",
+                         "dpmpp_sde", "dpmpp_2m", "dpmpp_2m_sde", "ddim", "uni_pc")
+    FALLBACK_SCHEDULERS = ("normal", "karras", "exponential", "sgm_uniform", "simple", "ddim_uniform", "beta")
+
+    def sampler_names(self) -> list[str]:
+        """The stock KSampler's sampler choices."""
+        try:
+            import comfy.samplers
+        except ImportError:
+            return list(self.FALLBACK_SAMPLERS)
+        return list(comfy.samplers.KSampler.SAMPLERS)
+
+    def scheduler_names(self) -> list[str]:
+        """The stock KSampler's scheduler choices."""
+        try:
+            import comfy.samplers
+        except ImportError:
+            return list(self.FALLBACK_SCHEDULERS)
+        return list(comfy.samplers.KSampler.SCHEDULERS)
+
+    def encode_prompt(self, clip, text: str):
+        """CONDITIONING for one prompt, made as the stock CLIP Text Encode node makes it."""
+        return clip.encode_from_tokens_scheduled(clip.tokenize(text))
+
+    def sample(self, model, positive, negative, *, seed: int, steps: int, cfg: float, sampler_name: str, scheduler: str, width: int, height: int):
+        """One latent from an empty latent at denoise 1, by the stock KSampler's own path
+        (EmptyLatentImage, then common_ksampler: the same noise from the seed, the same comfy.sample.sample)."""
+        import torch
+
+        import comfy.model_management as mm
+        import comfy.sample
+        import comfy.utils
+
+        latent = torch.zeros([1, 4, height // 8, width // 8], device=mm.intermediate_device())
+        latent = comfy.sample.fix_empty_latent_channels(model, latent)
+        noise = comfy.sample.prepare_noise(latent, seed)
+        # No step callback: the node's bar counts cells, and a per-step bar would overwrite it.
+        return comfy.sample.sample(model, noise, steps, cfg, sampler_name, scheduler, positive, negative, latent, denoise=1.0,
+                                   disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED, seed=seed)
+
+    def decode(self, vae, samples):
+        """IMAGE [B, H, W, C] from a latent, as the stock VAE Decode node makes it."""
+        images = vae.decode(samples)
+        if images.ndim == 5:  # video VAEs give frames; one image batch, as VAE Decode does
+            images = images.reshape(-1, images.shape[-3], images.shape[-2], images.shape[-1])
+        return images
+
+    def load_lora_file(self, path) -> tuple[dict, dict]:
+        """(tensors, metadata) of a LoRA file, read as the stock Load LoRA node reads it (safe loading only)."""
+        import comfy.utils
+
+        try:
+            tensors, metadata = comfy.utils.load_torch_file(str(path), safe_load=True, return_metadata=True)
+        except TypeError:  # a ComfyUI from before return_metadata: no metadata, the family then comes from the keys
+            tensors, metadata = comfy.utils.load_torch_file(str(path), safe_load=True), None
+        return tensors, dict(metadata or {})
+
 
 _api: Any = None
 

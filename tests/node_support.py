@@ -151,3 +151,49 @@ class StandinComfy:
             with torch.no_grad():
                 module.weight += delta.to(module.weight.dtype)
         return patched, clip
+
+    # sampling (the comparison grid): deterministic, and dependent on the UNet's weights, the prompt and the seed
+    @property
+    def drawn(self) -> list:
+        """(prompt, seed) of every image sampled, in order."""
+        return self.__dict__.setdefault("_drawn", [])
+
+    def sampler_names(self):
+        return ["euler", "euler_ancestral", "dpmpp_2m"]
+
+    def scheduler_names(self):
+        return ["normal", "karras"]
+
+    def encode_prompt(self, clip, text):
+        return {"prompt": text}
+
+    def sample(self, model, positive, negative, *, seed, steps, cfg, sampler_name, scheduler, width, height):
+        """One UNet call on seeded noise with hashed prompt embeddings, guided like CFG (MODEL is a diffusers UNet)."""
+        import hashlib
+
+        import torch
+
+        def embedding(text):
+            digest = int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+            return torch.randn(1, 8, model.config.cross_attention_dim, generator=torch.Generator().manual_seed(digest))
+
+        self.drawn.append((positive["prompt"], seed))
+        noise = torch.randn(1, model.config.in_channels, height // 8, width // 8, generator=torch.Generator().manual_seed(seed))
+        timestep = torch.tensor([500])
+        with torch.no_grad():
+            cond = model(noise, timestep, embedding(positive["prompt"])).sample
+            uncond = model(noise, timestep, embedding(negative["prompt"])).sample
+        return noise - 0.5 * (uncond + cfg * (cond - uncond))
+
+    def decode(self, vae, samples):
+        """An 8x larger RGB image from the first three latent channels (IMAGE layout [B, H, W, C], 0..1)."""
+        import torch
+
+        upscaled = torch.nn.functional.interpolate(samples[:, :3].float(), scale_factor=8, mode="nearest")
+        return torch.sigmoid(upscaled).permute(0, 2, 3, 1).contiguous()
+
+    def load_lora_file(self, path):
+        from core.lora import read_lora_file
+
+        weights = read_lora_file(path)
+        return weights.tensors, weights.metadata

@@ -28,7 +28,8 @@ from core import tiny
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
 pytestmark = pytest.mark.skipif(not COMFYUI_DIR, reason="set COMFYUI_DIR to a ComfyUI checkout to run the integration test")
 ROOT = Path(__file__).resolve().parents[1]
-NODE_IDS = ["LoadBaseCheckpoint", "FolderDataset", "HFDataset", "Captioner", "LoRAConfig", "TrainLoRA", "SaveLoRA", "ApplyLoRA"]
+NODE_IDS = ["LoadBaseCheckpoint", "FolderDataset", "HFDataset", "Captioner", "LoRAConfig", "TrainLoRA", "SaveLoRA", "ApplyLoRA",
+            "TrainingOptions", "CompareGrid", "DatasetPreview"]
 CHECKPOINT = "shallow_sd15.safetensors"
 
 
@@ -285,3 +286,96 @@ def test_lycoris_adapters_train_in_the_graph_and_load_in_the_stock_loader(server
     not_loaded = [line for line in new_lines if "lora key not loaded" in line]
     print(f"{adapter}: 'lora key not loaded' lines:", len(not_loaded))
     assert not_loaded == [], not_loaded[:5]
+
+
+def _images(server, outputs: dict, node_id: str) -> list:
+    """The PIL images a PreviewImage node of a finished prompt wrote, read back through /view."""
+    import io
+    import urllib.parse
+
+    from PIL import Image
+
+    pictures = []
+    for item in outputs[node_id]["images"]:
+        query = urllib.parse.urlencode({"filename": item["filename"], "subfolder": item["subfolder"], "type": item["type"]})
+        with urllib.request.urlopen(f"{server.url}/view?{query}", timeout=10) as response:
+            pictures.append(Image.open(io.BytesIO(response.read())).convert("RGB"))
+    return pictures
+
+
+def compare_graph(data_dir: str) -> dict:
+    """Train (cached if already run) -> Compare Grid of two prompts at strengths 0 and 1, next to the stock path for the
+    first prompt: CLIP Text Encode -> KSampler -> VAE Decode without the LoRA, and with it through Apply LoRA; and a
+    Dataset Preview of the training data."""
+    graph = training_graph(data_dir)
+    sampler = {"seed": 5, "steps": 1, "cfg": 1.5, "sampler_name": "euler", "scheduler": "normal"}
+    prompt = "sks a red circle"
+
+    def stock_path(first_id: int, model, clip):
+        ids = [str(first_id + offset) for offset in range(5)]
+        return {
+            ids[0]: {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": prompt}},
+            ids[1]: {"class_type": "CLIPTextEncode", "inputs": {"clip": clip, "text": ""}},
+            ids[2]: {"class_type": "KSampler", "inputs": {**sampler, "denoise": 1.0, "model": model, "positive": [ids[0], 0], "negative": [ids[1], 0], "latent_image": ["13", 0]}},
+            ids[3]: {"class_type": "VAEDecode", "inputs": {"samples": [ids[2], 0], "vae": ["10", 2]}},
+            ids[4]: {"class_type": "PreviewImage", "inputs": {"images": [ids[3], 0]}},
+        }
+
+    graph.update({
+        "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "13": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 1}},
+        "30": {"class_type": "LoRATrainer_CompareGrid", "inputs": {
+            "model": ["10", 0], "clip": ["10", 1], "vae": ["10", 2], "lora": ["5", 0], "lora_files": "", "prompts": f"{prompt}\na blue square",
+            "negative": "", "strengths": "0, 1", "width": 64, "height": 64, **sampler}},
+        "31": {"class_type": "PreviewImage", "inputs": {"images": ["30", 0]}},
+        "32": {"class_type": "PreviewImage", "inputs": {"images": ["30", 1]}},
+        "33": {"class_type": "LoRATrainer_DatasetPreview", "inputs": {"dataset": ["3", 0], "max_images": 4, "resolution": 64, "aspect_buckets": False}},
+        "34": {"class_type": "PreviewImage", "inputs": {"images": ["33", 0]}},
+        "20": {"class_type": "LoRATrainer_ApplyLoRA", "inputs": {"model": ["10", 0], "clip": ["10", 1], "lora": ["5", 0], "strength_model": 1.0, "strength_clip": 1.0}},
+        **stock_path(40, ["10", 0], ["10", 1]),
+        **stock_path(50, ["20", 0], ["20", 1]),
+    })
+    return graph
+
+
+def test_compare_grid_samples_as_the_stock_nodes_do(server):
+    import numpy as np
+
+    from core.grids import GridLayout, SheetLayout
+
+    data_dir = str(server.base / "input" / "shapes")
+    lines_before = len(server.text().splitlines())
+    started = time.time()
+    run = server.run(compare_graph(data_dir))
+    print("compare grid prompt:", run["status"]["status_str"], f"in {time.time() - started:.1f}s")
+    assert run["status"]["status_str"] == "success", json.dumps(run["status"])[:3000]
+    (grid,) = _images(server, run["outputs"], "31")
+    cells = _images(server, run["outputs"], "32")
+    print("grid size:", grid.size, "cells:", [cell.size for cell in cells])
+    assert grid.size == GridLayout.for_cells(2, 2, 64, 64).size and [cell.size for cell in cells] == [(64, 64)] * 4
+    (plain,) = _images(server, run["outputs"], "44")
+    (with_lora,) = _images(server, run["outputs"], "54")
+    pixels = [np.asarray(image, dtype=np.int16) for image in (cells[0], cells[1], plain, with_lora)]
+    print("max difference to the stock KSampler, strength 0 / strength 1:", int(np.abs(pixels[0] - pixels[2]).max()), int(np.abs(pixels[1] - pixels[3]).max()))
+    print("strength 1 against strength 0, mean difference:", float(np.abs(pixels[1] - pixels[0]).mean()))
+    assert np.array_equal(pixels[0], pixels[2]), "strength 0 is what KSampler gives without the LoRA"
+    assert np.array_equal(pixels[1], pixels[3]), "strength 1 is what KSampler gives with ComfyUI's LoRA loader"
+    assert not np.array_equal(pixels[0], pixels[1])
+    (sheet,) = _images(server, run["outputs"], "34")
+    print("dataset preview size:", sheet.size)
+    assert sheet.size == SheetLayout.for_images([(64, 64)] * 4, 4).size
+
+    from_file = {
+        "10": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CHECKPOINT}},
+        "30": {"class_type": "LoRATrainer_CompareGrid", "inputs": {
+            "model": ["10", 0], "clip": ["10", 1], "vae": ["10", 2], "lora_files": "integration_lora.safetensors", "prompts": "sks a red circle",
+            "negative": "", "strengths": "1", "width": 64, "height": 64, "seed": 5, "steps": 1, "cfg": 1.5, "sampler_name": "euler", "scheduler": "normal"}},
+        "32": {"class_type": "PreviewImage", "inputs": {"images": ["30", 1]}},
+    }
+    again = server.run(from_file)
+    print("compare grid from the saved file:", again["status"]["status_str"])
+    assert again["status"]["status_str"] == "success", json.dumps(again["status"])[:3000]
+    (saved_cell,) = _images(server, again["outputs"], "32")
+    assert np.array_equal(np.asarray(saved_cell), np.asarray(cells[1])), "the saved file gives the in-memory LoRA's image"
+    new_lines = server.text().splitlines()[lines_before:]
+    assert [line for line in new_lines if "lora key not loaded" in line] == []

@@ -11,7 +11,7 @@ from workflow_support import all_specs
 SUITE = load_suite()
 SPECS = all_specs(SUITE.NODE_CLASS_MAPPINGS)
 WORKFLOW_DIR = ROOT / "example_workflows"
-EXPECTED = ["caption_then_train", "one_line_art_folder", "pokemon_hf_dataset", "sdxl_train_then_sample", "train_then_sample"]
+EXPECTED = ["caption_then_train", "one_line_art_folder", "pokemon_hf_dataset", "sdxl_train_then_sample", "train_save_compare_grid", "train_then_sample"]
 
 
 def load(name):
@@ -25,7 +25,13 @@ def widgets(workflow, node_type):
     return [dict(zip(names, n["widgets_values"])) for n in nodes]
 
 
-def test_the_five_workflows_are_there():
+def optional_sockets(node_type):
+    """Sockets our nodes declare optional (e.g. Apply LoRA's clip, Train LoRA's options): they may stay unconnected."""
+    cls = SUITE.NODE_CLASS_MAPPINGS.get(node_type)
+    return set(cls.INPUT_TYPES().get("optional", {})) if cls else set()
+
+
+def test_the_six_workflows_are_there():
     assert sorted(p.stem for p in WORKFLOW_DIR.glob("*.json")) == EXPECTED
 
 
@@ -41,7 +47,7 @@ def test_workflow_is_consistent(name):
         assert [(i["name"], i["type"]) for i in node["inputs"]] == sockets, node["type"]
         assert [o["type"] for o in node["outputs"]] == outputs, node["type"]
         for slot in node["inputs"]:
-            optional = slot["name"] == "clip" and node["type"].endswith("ApplyLoRA")
+            optional = slot["name"] in optional_sockets(node["type"])
             assert slot["link"] is not None or optional, f"{node['type']}.{slot['name']} is not connected"
     seen = set()
     for link_id, origin, origin_slot, target, target_slot, kind in workflow["links"]:
@@ -85,3 +91,17 @@ def test_sdxl_workflow_trains_at_the_family_size_and_samples_with_and_without():
     assert (train["resolution"], train["aspect_buckets"], train["gradient_checkpointing"]) == (0, "auto", True), "SDXL's 1024 and buckets, 8 GB-ready"
     assert widgets(sdxl, "EmptyLatentImage")[0]["width"] == 1024
     assert len([n for n in sdxl["nodes"] if n["type"] == "KSampler"]) == 2
+
+
+def test_compare_grid_workflow_samples_the_trained_lora_at_three_strengths():
+    workflow = load("train_save_compare_grid")
+    grid = widgets(workflow, "LoRATrainer_CompareGrid")[0]
+    prompts = grid["prompts"].splitlines()
+    assert len(prompts) == 10 and prompts[0] == "one-line-art, face, side view", "the lab's ten images, its own prompt first"
+    assert (grid["strengths"], grid["width"], grid["lora_files"]) == ("0, 0.5, 1.0", 512, "")
+    by_id = {n["id"]: n for n in workflow["nodes"]}
+    into_grid = {link[5]: by_id[link[1]]["type"] for link in workflow["links"] if by_id[link[3]]["type"] == "LoRATrainer_CompareGrid"}
+    assert into_grid == {"MODEL": "CheckpointLoaderSimple", "CLIP": "CheckpointLoaderSimple", "VAE": "CheckpointLoaderSimple", "LORA_MODEL": "LoRATrainer_TrainLoRA"}
+    out_of_grid = sorted((link[2], by_id[link[3]]["type"]) for link in workflow["links"] if by_id[link[1]]["type"] == "LoRATrainer_CompareGrid")
+    assert out_of_grid == [(0, "SaveImage"), (1, "PreviewImage")], "the grid is saved, the single images previewed"
+    assert widgets(workflow, "LoRATrainer_SaveLoRA")[0]["lora_name"] == "one_line_art_lora"

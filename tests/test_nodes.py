@@ -62,7 +62,7 @@ def train(base, data, config, unique_id="7", **overrides):
 def test_every_node_has_prefixed_id_description_and_tooltips():
     assert set(suite.NODE_CLASS_MAPPINGS) == set(suite.NODE_DISPLAY_NAME_MAPPINGS)
     assert suite.WEB_DIRECTORY == "./web"
-    assert len(suite.NODE_CLASS_MAPPINGS) == 8
+    assert len(suite.NODE_CLASS_MAPPINGS) == 11  # 8 + CompareGrid, DatasetPreview (nodes/compare.py) + the Training Options node (nodes/options.py)
     for node_id, cls in suite.NODE_CLASS_MAPPINGS.items():
         assert node_id.startswith("LoRATrainer_") and node_id not in COMFY_CORE_IDS
         assert cls.CATEGORY == "LoRA Trainer" and len(cls.DESCRIPTION) > 40

@@ -18,6 +18,7 @@ COMFY_CORE_NODES = {
     ),
     "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [], ["IMAGE"]),
     "SaveImage": ([("images", "IMAGE")], ["filename_prefix"], []),
+    "PreviewImage": ([("images", "IMAGE")], [], []),
     "LossGraphNode": ([("loss", "LOSS_MAP")], ["filename_prefix"], []),
     "LoraLoaderModelOnly": ([("model", "MODEL")], ["lora_name", "strength_model"], ["MODEL"]),
 }
