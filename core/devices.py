@@ -144,6 +144,13 @@ def seed_device_generator(device: torch.device, seed: int) -> None:
         torch.manual_seed(seed)  # another backend (e.g. DirectML's privateuseone): torch knows how to seed it
 
 
+def autocast_for(device: torch.device, dtype: torch.dtype):
+    """Mixed precision in ``dtype`` on ``device``; nothing for fp32."""
+    from contextlib import nullcontext
+
+    return nullcontext() if dtype == torch.float32 else torch.autocast(device_type=device.type, dtype=dtype)
+
+
 def torch_dtype(precision: str) -> torch.dtype:
     return _DTYPES[precision]
 

@@ -33,7 +33,7 @@ from .base_model import BaseModel
 from .batching import BatchIndices, BatchPlan
 from .caches import MAX_TEXT_VARIANTS, CaptionConditioning, ImageLatents, fill_caches
 from .dataset import ImageCaptionDataset
-from .devices import keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
+from .devices import autocast_for, keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
 from .errors import SettingsError, TrainerError
 from .export import export_lora
 from .locking import FolderLock
@@ -135,13 +135,7 @@ class Trainer:
         longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI.
         ``cpu_matmul_convolutions`` and ``cpu_onednn_linears`` let frozen convolutions and linears use ``core.cpu_kernels``
         on the CPU (off only to measure them)."""
-        lora_settings.validate()
-        settings.validate(dataset.num_samples)
-        settings = settings.for_base(base)
-        if len(dataset) == 0:
-            raise SettingsError("The dataset is empty.")
-        dataset, held_out = split_for_validation(dataset, settings, validation_dataset)
-        settings.validate(dataset.num_samples)
+        settings, dataset, held_out = checked_inputs(base, dataset, lora_settings, settings, validation_dataset)
         self.base, self.dataset, self.lora_settings, self.settings = base, dataset, lora_settings, settings
         self.family = base.model_family
         self.device = usable_device(device)
@@ -174,10 +168,6 @@ class Trainer:
         self.started_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
 
     @property
-    def phase_seconds(self) -> dict[str, float]:
-        return self.timer.seconds
-
-    @property
     def unet(self):
         return self.models.unet
 
@@ -189,19 +179,14 @@ class Trainer:
     # ------------------------------------------------------------------ encoding
 
     def _autocast(self):
-        if self.dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
-
-    def _vae_autocast(self):
-        # bf16 keeps fp32's range, so the VAE cannot overflow in it and encodes about twice as fast (as in
-        # the diffusers script and kohya's default); fp16 can overflow in the SD and SDXL VAEs, so they encode in fp32.
-        return self._autocast() if self.dtype == torch.bfloat16 else nullcontext()
+        return autocast_for(self.device, self.dtype)
 
     def _encode_images(self, pixels: torch.Tensor, seed: int) -> torch.Tensor:
         vae = self.base.vae
         pixels = pixels.to(self.device, next(vae.parameters()).dtype)
-        with self._vae_autocast():
+        # bf16 keeps fp32's range, so the VAE cannot overflow in it and encodes about twice as fast (as in the diffusers
+        # script and kohya's default); fp16 can overflow in the SD and SDXL VAEs, so they encode in fp32.
+        with self._autocast() if self.dtype == torch.bfloat16 else nullcontext():
             return self.family.encode_images(vae, pixels, generator(self.settings.seed, seed, 31))
 
     def _encode_text(self, encoders, captions: list[str]):
@@ -250,20 +235,15 @@ class Trainer:
         return sum(losses) / len(losses)
 
     def _validate(self, step: int) -> None:
-        """The held-out loss now; with keep best, a checkpoint when it is the lowest so far."""
-        validation, history = self.validation, self.history
+        """The held-out loss now (in eval mode: no adapter dropout)."""
         self.models.train_mode(False)
         try:
             with self.timer("validation"):
-                loss = self._fixed_loss(validation.images, validation.captions, validation.count)
+                loss = self._fixed_loss(self.validation.images, self.validation.captions, self.validation.count)
         finally:
             self.models.train_mode(True)
-        history.validation.append((step, loss))
-        best = history.best_validation == (step, loss)
-        if best and validation.keep_best and self.checkpoint_dir is not None:
-            history.best_checkpoint = str(self.save_checkpoint(step))
-        message = f"validation loss {loss:.4f}" + (" (best so far)" if best else "")
-        self.progress(ProgressEvent("validation", step, self.settings.steps, loss=loss, message=message))
+        save_best = self.save_checkpoint if self.checkpoint_dir is not None else None
+        self.progress(self.validation.record(step, loss, self.history, save_best, self.settings.steps))
 
     # ------------------------------------------------------------------ checkpoints, previews
 
@@ -337,20 +317,7 @@ class Trainer:
         finally:
             self._restore_base()
             torch.random.set_rng_state(rng_state)
-        # Sampling time is not training time: leave it out of the per-step figure.
-        steady = step_times[1:] if len(step_times) > 1 else step_times
-        history = self.history
-        return TrainResult(
-            lora=lora, steps=step, loss_history=history.losses, lr_history=history.learning_rates,
-            seconds_per_step=statistics.median(steady) if steady else None, seconds_to_first_step=first_step_at,
-            eval_loss_before=eval_before, eval_loss_after=eval_after, interrupted=interrupted, resumed_from_step=start_step,
-            checkpoint_dir=str(self.checkpoint_dir) if self.checkpoint_dir else None, checkpoints=history.checkpoints,
-            phase_seconds=self.timer.seconds, skipped_steps=history.skipped_steps, samples=history.samples,
-            checkpoint_bytes=history.checkpoint_bytes, model_family=self.family.name, prediction_type=self.prediction_type,
-            prediction_reason=self.base.prediction_reason if self.settings.prediction == "auto" else f"the prediction setting ({self.settings.prediction})",
-            resolution=self.settings.resolution, validation_losses=history.validation,
-            best_validation=history.best_validation, best_checkpoint=history.best_checkpoint,
-        )
+        return run_result(self, lora, step, start_step, interrupted, step_times, first_step_at, eval_before, eval_after)
 
     def _loop(self, start_step: int, parameters: list[torch.nn.Parameter]) -> tuple[int, bool, list[float], float | None]:
         """Train from ``start_step`` to the end (or a cancel); returns (step, interrupted, step seconds, time to first step)."""
@@ -465,6 +432,36 @@ class Trainer:
             warnings.simplefilter("ignore")  # the schedule follows the step count, updated or not
             self.lr_scheduler.step()
         return float("nan"), skipped
+
+
+def checked_inputs(base, dataset, lora_settings, settings: TrainSettings, validation_dataset):
+    """(settings with the family's defaults, the images to train on, the held-out ones), or one sentence on what is wrong."""
+    lora_settings.validate()
+    settings.validate(dataset.num_samples)
+    settings = settings.for_base(base)
+    if len(dataset) == 0:
+        raise SettingsError("The dataset is empty.")
+    dataset, held_out = split_for_validation(dataset, settings, validation_dataset)
+    settings.validate(dataset.num_samples)
+    return settings, dataset, held_out
+
+
+def run_result(trainer: Trainer, lora, step: int, start_step: int, interrupted: bool, step_times: list[float],
+               first_step_at: float | None, eval_before: float | None, eval_after: float | None) -> TrainResult:
+    history, settings = trainer.history, trainer.settings
+    # Sampling time is not training time: leave the first step (and with it any warm-up) out of the per-step figure.
+    steady = step_times[1:] if len(step_times) > 1 else step_times
+    return TrainResult(
+        lora=lora, steps=step, loss_history=history.losses, lr_history=history.learning_rates,
+        seconds_per_step=statistics.median(steady) if steady else None, seconds_to_first_step=first_step_at,
+        eval_loss_before=eval_before, eval_loss_after=eval_after, interrupted=interrupted, resumed_from_step=start_step,
+        checkpoint_dir=str(trainer.checkpoint_dir) if trainer.checkpoint_dir else None, checkpoints=history.checkpoints,
+        phase_seconds=trainer.timer.seconds, skipped_steps=history.skipped_steps, samples=history.samples,
+        checkpoint_bytes=history.checkpoint_bytes, model_family=trainer.family.name, prediction_type=trainer.prediction_type,
+        prediction_reason=trainer.base.prediction_reason if settings.prediction == "auto" else f"the prediction setting ({settings.prediction})",
+        resolution=settings.resolution, validation_losses=history.validation,
+        best_validation=history.best_validation, best_checkpoint=history.best_checkpoint,
+    )
 
 
 def out_of_memory_advice(settings: TrainSettings, device: torch.device) -> TrainerError:

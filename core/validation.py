@@ -15,6 +15,7 @@ from .batching import BatchPlan
 from .caches import CaptionConditioning, ImageLatents
 from .dataset import ImageCaptionDataset
 from .errors import SettingsError
+from .progress import ProgressEvent
 from .seeding import generator
 from .train_settings import TrainSettings
 
@@ -62,6 +63,15 @@ class Validation:
         self.every = settings.validation_every or max(1, settings.steps // VALIDATION_POINTS)
         self.count = min(len(dataset), MAX_VALIDATION_IMAGES)
         self.keep_best = settings.keep_best
+
+    def record(self, step: int, loss: float, history, save_checkpoint, total: int) -> ProgressEvent:
+        """Add a point to the curve; with keep best, a checkpoint when it is the lowest so far. Returns the event to report."""
+        history.validation.append((step, loss))
+        best = history.best_validation == (step, loss)
+        if best and self.keep_best and save_checkpoint is not None:
+            history.best_checkpoint = str(save_checkpoint(step))
+        message = f"validation loss {loss:.4f}" + (" (best so far)" if best else "")
+        return ProgressEvent("validation", step, total, loss=loss, message=message)
 
     def due(self, step: int, total: int) -> bool:
         return step % self.every == 0 or step == total
