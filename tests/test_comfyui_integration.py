@@ -379,3 +379,34 @@ def test_compare_grid_samples_as_the_stock_nodes_do(server):
     assert np.array_equal(np.asarray(saved_cell), np.asarray(cells[1])), "the saved file gives the in-memory LoRA's image"
     new_lines = server.text().splitlines()[lines_before:]
     assert [line for line in new_lines if "lora key not loaded" in line] == []
+
+
+def test_training_options_and_validation_reach_core_and_the_websocket(server):
+    """A Training Options node's min-SNR reaches the file's metadata; validation points arrive over the websocket as the run goes."""
+    from safetensors import safe_open
+
+    from event_tap import EventTap
+
+    options = {name: declared[1]["default"] for name, declared in server.object_info["LoRATrainer_TrainingOptions"]["input"]["required"].items()}
+    options.update(min_snr_gamma=5.0, validation_split=2.0, validation_every=2)
+    graph = training_graph(str(server.base / "input" / "shapes"), steps=4)
+    graph["7"] = {"class_type": "LoRATrainer_TrainingOptions", "inputs": options}
+    graph["5"]["inputs"].update(options=["7", 0], checkpoint_folder="options_validation", save_every=0)
+    graph["6"]["inputs"]["lora_name"] = "options_validation_lora"
+    tap = EventTap(server.port)
+    tap.start()
+    try:
+        result = server.run(graph)
+    finally:
+        time.sleep(0.5)
+        tap.close()
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000]
+    validation = [event for event in tap.of_type("lora_trainer.progress") if event.get("phase") == "validation"]
+    print("validation events over the websocket:", [(e["step"], round(e["validation_loss"], 4)) for e in validation])
+    assert [e["step"] for e in validation] == [2, 4] and all(e["node"] == "5" for e in validation)
+    with safe_open(str(server.base / "models" / "loras" / "options_validation_lora.safetensors"), framework="pt") as handle:
+        metadata = handle.metadata()
+    print("metadata:", {k: metadata[k] for k in ("ss_min_snr_gamma", "ss_validation_losses", "ss_num_train_images")})
+    assert metadata["ss_min_snr_gamma"] == "5" and metadata["ss_num_train_images"] == "2"
+    assert [step for step, _ in json.loads(metadata["ss_validation_losses"])] == [2, 4]
+    assert [point[0] for point in _get(server.url + "/lora_trainer/last_run/5")["validation"]] == [2, 4]
