@@ -89,6 +89,9 @@ CASES = [
     ("output not safetensors", lambda c: {"--output": str(c.out / "x.ckpt")}, "must end in .safetensors"),
     ("output is a folder", lambda c: {"--output": str(c.out)}, "must end in .safetensors|is a folder"),
     ("resume from another run", _other_run_checkpoints, "different run"),
+    ("validation split takes every image", lambda c: {"--validation-split": "50"}, "leaves none to train on"),
+    ("validation split not a count", lambda c: {"--validation-split": "2.5"}, "fraction below 1 or a whole number of images"),
+    ("keep best without validation", lambda c: {"--keep-best": True}, "Keeping the best checkpoint needs validation"),
     ("device misspelled", lambda c: {"--device": "cdua"}, "Unknown device 'cdua'"),
     ("device not on this machine", lambda c: {"--device": "cuda:7"}, "not available|does not exist"),
 ]
@@ -135,7 +138,9 @@ class Case:
         args.update(overrides)
         argv = ["train"]
         for key, value in args.items():
-            if value is not None:
+            if value is True:  # a flag without a value
+                argv.append(key)
+            elif value is not None:
                 argv += [key, value]
         return argv
 
