@@ -23,6 +23,9 @@ function setState(node, state, persist) {
   if (persist) {
     node.properties = node.properties || {};
     node.properties[PROPERTY] = toStored(state);
+    // The frontend saves the workflow (and so node properties) only when its change tracker looks, which
+    // happens on user input: without this, a run nobody touched the page during is lost on a restart.
+    app.extensionManager?.workflow?.activeWorkflow?.changeTracker?.checkState?.();
   }
   node.setDirtyCanvas?.(true, true);
 }
@@ -132,7 +135,8 @@ async function restoreFromServer(node) {
     const response = await api.fetchApi(`/lora_trainer/last_run/${encodeURIComponent(String(node.id))}`);
     if (!response.ok) return;
     const restored = fromServerRun(await response.json());
-    if (restored && restored.losses.length >= chartState(node).losses.length) setState(node, restored, false);
+    // Kept in the node's properties too, so the workflow carries the curve past a server restart.
+    if (restored && restored.losses.length >= chartState(node).losses.length) setState(node, restored, true);
   } catch (error) {
     console.debug("lora_trainer: no server record of the last run", error);
   }
