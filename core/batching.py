@@ -2,7 +2,10 @@
 
 The order is defined on the global batch from (seed, step): the dataset pool (each
 entry once per repeat) is permuted per epoch, or, with aspect-ratio buckets, cut into
-one-bucket batches per epoch (``core.buckets``). Nothing here runs a model.
+one-bucket batches per epoch (``core.buckets``). With several processes the global
+micro-batch holds ``batch_size`` images per process and each process trains its slice
+(``part``), so N processes of batch b see exactly what one process of batch N·b sees.
+Nothing here runs a model.
 """
 from __future__ import annotations
 
@@ -19,20 +22,23 @@ from .train_settings import TrainSettings
 
 
 class BatchIndices(list):
-    """Entry indices of one micro-batch, with the (step, micro) draw it belongs to.
+    """Entry indices of one global micro-batch, with the (step, micro) draw it belongs to and this process's ``part``.
 
     The draw seeds caption augmentation; evaluation passes plain lists, so it always
-    sees the stored captions.
+    sees the stored captions (and all of them).
     """
 
     draw: tuple[int, int] | None = None
+    part: slice = slice(None)
 
 
 class BatchPlan:
     """The run's data order and image geometry, fixed by the dataset and the settings."""
 
-    def __init__(self, dataset: ImageCaptionDataset, settings: TrainSettings):
+    def __init__(self, dataset: ImageCaptionDataset, settings: TrainSettings, world_size: int = 1, rank: int = 0):
         self.dataset, self.settings = dataset, settings
+        self.world_size, self.rank = world_size, rank
+        self.global_batch = settings.batch_size * world_size  # images in one micro-batch over all processes
         self.pool = [index for index, entry in enumerate(dataset.entries) for _ in range(entry.repeats)]
         self._permutations: dict[int, torch.Tensor] = {}
         self._bucket_batch_cache: dict[int, list[list[int]]] = {}
@@ -48,7 +54,7 @@ class BatchPlan:
             grid = buckets_lib.bucket_grid(self.settings.bucket_area)
             self._entry_sizes = [image_size(entry) for entry in self.dataset.entries]
             self._entry_buckets = [buckets_lib.assign_bucket(size, grid, self.settings.no_upscale) for size in self._entry_sizes]
-            self._batches_per_epoch = buckets_lib.batches_per_epoch([self._entry_buckets[i] for i in self.pool], self.settings.batch_size)
+            self._batches_per_epoch = buckets_lib.batches_per_epoch([self._entry_buckets[i] for i in self.pool], self.global_batch)
         return self._entry_buckets[entry_index]
 
     def bucket_counts(self) -> dict[tuple[int, int], int]:
@@ -72,7 +78,7 @@ class BatchPlan:
             pool_buckets = [self.bucket_of(index) for index in self.pool]
             seed = self.settings.seed
             self._bucket_batch_cache = {
-                epoch: buckets_lib.epoch_batches(pool_buckets, self.settings.batch_size, lambda *parts: generator(seed, epoch, 7, *parts))
+                epoch: buckets_lib.epoch_batches(pool_buckets, self.global_batch, lambda *parts: generator(seed, epoch, 7, *parts))
             }
         return self._bucket_batch_cache[epoch]
 
@@ -89,10 +95,11 @@ class BatchPlan:
             per_epoch = self._batches_per_epoch
             indices = BatchIndices(self.pool[p] for p in self._bucket_batches(number // per_epoch)[number % per_epoch])
         else:
-            first = (step * settings.grad_accum + micro) * settings.batch_size
-            positions = range(first, first + settings.batch_size)
+            first = (step * settings.grad_accum + micro) * self.global_batch
+            positions = range(first, first + self.global_batch)
             indices = BatchIndices(self.pool[int(self._permutation(p // len(self.pool))[p % len(self.pool)])] for p in positions)
         indices.draw = (step, micro)
+        indices.part = slice(self.rank * settings.batch_size, (self.rank + 1) * settings.batch_size)
         return indices
 
     # ------------------------------------------------------------------ metadata

@@ -16,6 +16,7 @@ import torch
 
 from .batching import BatchPlan
 from .devices import trim_freed_memory
+from .distributed import SINGLE, ProcessGroup
 from .families import TextConditioning
 from .preprocess import Geometry
 from .progress import ProgressCallback, ProgressEvent, StopCheck
@@ -42,19 +43,30 @@ class ImageLatents:
     def cached(self) -> bool:
         return self.settings.cache_latents
 
-    def build(self, progress: ProgressCallback, should_stop: StopCheck) -> None:
-        """Encode each image once; with random flip, the mirrored image too."""
+    def build(self, progress: ProgressCallback, should_stop: StopCheck, group: ProcessGroup = SINGLE) -> None:
+        """Encode each image once; with random flip, the mirrored image too. With several processes each encodes
+        every N-th image and the latents (small) are gathered, so every image goes through the VAE once in all."""
         total = len(self.plan.dataset)
+        encoded: dict[int, tuple[list[torch.Tensor], Geometry]] = {}
         with torch.no_grad(), self.timer("vae_cache"):
-            for index in range(total):
+            for count, index in enumerate(range(group.rank, total, group.world_size)):
                 pixels, geometry = self.plan.prepared_pixels(index)
                 pixels = pixels[None]
                 variants = [pixels, pixels.flip(-1)] if self.settings.random_flip else [pixels]
-                self.latents.append([self.encode(v, index * 2 + k)[0] for k, v in enumerate(variants)])
-                self.geometry.append(geometry)
-                progress(ProgressEvent("cache", index + 1, total, message="encoding images"))
+                encoded[index] = ([self.encode(v, index * 2 + k)[0] for k, v in enumerate(variants)], geometry)
+                progress(ProgressEvent("cache", min(total, (count + 1) * group.world_size), total, message="encoding images"))
                 if should_stop():
                     break
+            if group.active:
+                local = {i: ([latent.cpu() for latent in latents], g) for i, (latents, g) in encoded.items()}
+                encoded = {}
+                for part in group.gather(local):
+                    encoded.update({i: ([latent.to(self.device) for latent in latents], g) for i, (latents, g) in part.items()})
+        for index in range(total):
+            if index not in encoded:
+                break  # stopped early: the run ends before its first step
+            self.latents.append(encoded[index][0])
+            self.geometry.append(encoded[index][1])
 
     def _entry(self, index: int, flipped: bool, phase: str | None = "vae") -> tuple[torch.Tensor, Geometry]:
         """A cached latent, or one encoded now (timed as ``phase``: a step's, not the eval's)."""
@@ -67,21 +79,27 @@ class ImageLatents:
                 return self.encode(pixels.flip(-1) if flipped else pixels, index * 2 + int(flipped))[0], geometry
 
     def batch(self, indices: Sequence[int], rng: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """(latents, size ids) of one micro-batch: flips and crops drawn from ``rng``."""
+        """(latents, size ids) of this process's part of one global micro-batch: flips and crops are drawn from
+        ``rng`` for the whole global batch, in order, so every process draws what one process would."""
         flips = torch.rand(len(indices), generator=rng) < 0.5
+        mine = range(len(indices))[getattr(indices, "part", slice(None))]
         latents, sizes = [], []
-        for index, flip in zip(indices, flips.tolist()):
+        for position, (index, flip) in enumerate(zip(indices, flips.tolist())):
             width, height = self.plan.bucket_of(index)
             latent_height, latent_width = height // self.scale, width // self.scale
             use_flip = flip and self.settings.random_flip
-            latent, geometry = self._entry(index, use_flip)
+            latent, geometry = self._entry(index, use_flip) if position in mine or not self.cached else self._cached(index, use_flip)
             # Random crops happen on the latent grid (8 px steps) so the cached latent stays valid.
             full_height, full_width = latent.shape[-2:]
             top = int(torch.randint(0, full_height - latent_height + 1, (1,), generator=rng))
             left = int(torch.randint(0, full_width - latent_width + 1, (1,), generator=rng))
-            latents.append(latent[:, top:top + latent_height, left:left + latent_width])
-            sizes.append(geometry.size_ids(top, left, (width, height), use_flip, self.scale))
+            if position in mine:
+                latents.append(latent[:, top:top + latent_height, left:left + latent_width])
+                sizes.append(geometry.size_ids(top, left, (width, height), use_flip, self.scale))
         return torch.stack(latents).to(self.device), torch.tensor(sizes, dtype=torch.float32)
+
+    def _cached(self, index: int, flipped: bool) -> tuple[torch.Tensor, Geometry]:
+        return self.latents[index][1 if flipped else 0], self.geometry[index]
 
     def eval_item(self, index: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The unflipped latent's top-left ``size`` x ``size`` crop (latent units) and its size ids: fixed across runs."""
@@ -107,16 +125,20 @@ class CaptionConditioning:
     def cached(self) -> bool:
         return self.settings.cache_text and not self.trains_text
 
-    def build(self, encoders: Sequence[torch.nn.Module]) -> None:
-        """Encode every stored caption once (and the empty one when captions can drop out)."""
+    def build(self, encoders: Sequence[torch.nn.Module], group: ProcessGroup = SINGLE) -> None:
+        """Encode every stored caption once (and the empty one when captions can drop out); with several
+        processes each encodes every N-th caption and the conditionings are gathered."""
         captions = {entry.caption for entry in self.plan.dataset.entries}
         if self.settings.caption_dropout > 0:
             captions.add("")
-        captions = sorted(captions)
+        mine = sorted(captions)[group.rank::group.world_size]
         self.cache, self._variants = {}, []
         with torch.no_grad(), self.timer("text_cache"):
-            for start in range(0, len(captions), TEXT_CHUNK):
-                self._store(captions[start:start + TEXT_CHUNK], encoders)
+            for start in range(0, len(mine), TEXT_CHUNK):
+                self._store(mine[start:start + TEXT_CHUNK], encoders)
+            if group.active:
+                shared = group.gather({c: {k: v.cpu() for k, v in parts.items()} for c, parts in self.cache.items()})
+                self.cache = {c: {k: v.to(self.device) for k, v in parts.items()} for part in shared for c, parts in part.items()}
 
     def _store(self, captions: list[str], encoders) -> None:
         encoded = self.encode(encoders, captions)
@@ -135,7 +157,8 @@ class CaptionConditioning:
         return captions
 
     def batch(self, indices: Sequence[int], encoders: Sequence[torch.nn.Module]) -> TextConditioning:
-        captions = self.captions(indices)
+        """The conditioning of this process's part of a global micro-batch (augmentation drawn for all of it)."""
+        captions = self.captions(indices)[getattr(indices, "part", slice(None))]
         # A training draw's encoding is a phase of the step; the eval's stays in the eval's time.
         timed = self.timer("text_encoder") if getattr(indices, "draw", None) is not None else nullcontext()
         if not self.cached:
@@ -158,7 +181,8 @@ class CaptionConditioning:
         self.cache, self._variants = {}, []
 
 
-def fill_caches(caches: list[tuple[ImageLatents, CaptionConditioning]], models, progress: ProgressCallback, should_stop: StopCheck) -> None:
+def fill_caches(caches: list[tuple[ImageLatents, CaptionConditioning]], models, progress: ProgressCallback, should_stop: StopCheck,
+                group: ProcessGroup = SINGLE) -> None:
     """Fill every (images, captions) cache pair (training, then validation), then keep on the accelerator only the
     frozen models the loop still runs."""
     base, device = models.base, models.device
@@ -166,11 +190,11 @@ def fill_caches(caches: list[tuple[ImageLatents, CaptionConditioning]], models, 
     base.vae.to(device)
     for images, captions in caches:
         if images.cached:
-            images.build(progress, should_stop)
+            images.build(progress, should_stop, group)
         if captions.cached:
             for encoder in frozen:
                 encoder.to(device)
-            captions.build(frozen)
+            captions.build(frozen, group)
     images, captions = caches[0]
     if images.cached and all(latents.cached for latents, _ in caches):
         models.offload(base.vae)

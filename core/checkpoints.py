@@ -26,7 +26,7 @@ CHECKPOINT_PATTERN = re.compile(r"checkpoint-(\d+)$")
 # Settings that change what a step means, or what the optimizer state is; a resume must keep them.
 # Learning rates, schedule, total steps, loss weighting and save/sample intervals may change.
 RESUME_INVARIANTS = (
-    "resolution", "batch_size", "grad_accum", "seed", "crop", "random_flip", "optimizer",
+    "resolution", "grad_accum", "seed", "crop", "random_flip", "optimizer",
     "bucket", "max_area", "no_upscale", "caption_dropout", "shuffle_tags", "keep_tokens", "tag_dropout",
 )
 # Values a checkpoint written before a setting existed implicitly had.
@@ -68,6 +68,14 @@ def check_compatible(saved: dict[str, Any], current: dict[str, Any], folder: Pat
         raise TrainerError(
             f"Cannot resume from {folder}: its LoRA was trained on an {was} base and this base model is {now}; "
             f"use the {was} base it was trained on, or another checkpoint folder for this {now} run."
+        )
+    saved_batch = saved.get("global_micro_batch", saved.get("settings", {}).get("batch_size"))
+    if saved_batch != current.get("global_micro_batch"):
+        raise TrainerError(
+            f"Cannot resume from {folder}: it was trained with a global batch of {saved_batch} images a micro-step "
+            f"({saved.get('world_size', 1)} process(es) x batch size {saved.get('settings', {}).get('batch_size')}) and this run's is "
+            f"{current.get('global_micro_batch')} ({current.get('world_size', 1)} x {current['settings']['batch_size']}); "
+            "keep processes x batch size the same (the data order is defined on it)."
         )
     differences = []
     saved_lora, current_lora = saved.get("lora", {}), current["lora"]

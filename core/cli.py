@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .distributed import SINGLE, ProcessGroup
+from .caption_cli import add_caption_parser, caption_main
 from .errors import TrainerError
 from .optim import LR_SCHEDULERS
 
@@ -60,7 +62,9 @@ def _add_training_arguments(parser: argparse.ArgumentParser, defaults: dict[str,
     group.add_argument("--save-every", type=int, default=0, help="write a checkpoint every N steps (needs --checkpoint-dir)")
     group.add_argument("--checkpoint-dir", default=None, help="folder for resumable checkpoints")
     group.add_argument("--resume", default=None, help="a checkpoint folder, or a --checkpoint-dir to take the newest one from")
-    group.add_argument("--device", default=None, help="torch device (default: the best available)")
+    group.add_argument("--device", default=None, help="torch device (default: the best available; under accelerate launch / torchrun each process takes its local rank's GPU)")
+    group.add_argument("--dist-timeout", type=float, default=300, metavar="SECONDS",
+                       help="with several processes: how long to wait for the others (forming the group, a collective) before giving up (default %(default)s)")
     _add_depth_arguments(parser)
 
 
@@ -188,6 +192,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", required=True, help="where to write the LoRA (.safetensors)")
     _add_data_arguments(train)
     _add_training_arguments(train, {})
+    add_caption_parser(commands)
     return parser
 
 
@@ -229,7 +234,8 @@ def _check_output(path: Path) -> Path:
     return path
 
 
-def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
+def _run_training(args, base, dataset, output: Path, group: ProcessGroup = SINGLE) -> dict[str, Any] | None:
+    """Train and write the LoRA; with several processes only the main one talks and writes (and returns the summary)."""
     from .lora import save_lora_file
     from .progress import ConsolePrinter
     from .training import train
@@ -238,12 +244,17 @@ def _run_training(args, base, dataset, output: Path) -> dict[str, Any]:
     checkpoint_dir = args.checkpoint_dir
     if (args.save_every or args.sample_every or args.keep_best) and not checkpoint_dir:
         checkpoint_dir = str(output.with_name(output.stem + "_checkpoints"))
-    print(f"base: {base!r}\ndata: {dataset.summary()}\nlora: {lora_settings!r}\n{_target_line(base, settings)}", file=sys.stderr)
+    if group.is_main:
+        batch = f"{args.batch_size} x {group.world_size} processes x {args.grad_accum} accumulation = {args.batch_size * group.world_size * args.grad_accum}"
+        print(f"base: {base!r}\ndata: {dataset.summary()}\nlora: {lora_settings!r}\n{_target_line(base, settings)}\n"
+              f"global batch: {batch}", file=sys.stderr)
     result = train(
         base, dataset, lora_settings, settings,
-        device=args.device, progress=ConsolePrinter(), checkpoint_dir=checkpoint_dir, resume_from=args.resume,
-        init_lora=args.init_lora, release_frozen_models=True,
+        device=args.device, progress=ConsolePrinter() if group.is_main else None, checkpoint_dir=checkpoint_dir,
+        resume_from=args.resume, init_lora=args.init_lora, release_frozen_models=True, group=group,
     )
+    if not group.is_main:
+        return None
     save_lora_file(result.lora, output)
     print(f"saved {output}", file=sys.stderr)
     return {"lora_path": str(output), **result.summary(), "checkpoint_dir": checkpoint_dir, "phase_seconds": result.phase_seconds}
@@ -291,28 +302,51 @@ def run_demo(args) -> dict[str, Any]:
     return _run_training(args, base, dataset, workdir / "demo_lora.safetensors")
 
 
-def run_train(args) -> dict[str, Any]:
+def run_train(args, group: ProcessGroup = SINGLE) -> dict[str, Any] | None:
     from .model_loading import load_base_model
 
     output = _check_output(Path(args.output))
     dataset = load_dataset_from_args(args)
     base = load_base_model(args.base, args.tokenizer, dtype=_load_dtype(args))
-    return _run_training(args, base, dataset, output)
+    return _run_training(args, base, dataset, output, group)
+
+
+def _join_launched_processes(args) -> ProcessGroup:
+    """The process group when `accelerate launch` / `torchrun` started several processes (only `train` runs so)."""
+    from .distributed import join, launched_processes
+
+    if launched_processes() > 1 and args.command != "train":
+        raise TrainerError("The demo runs in one process; run `python -m core train` under accelerate launch or torchrun.")
+    group, device = join(getattr(args, "device", None), getattr(args, "dist_timeout", 300))
+    if device is not None:
+        args.device = str(device)
+    return group
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .distributed import leave
+
     args = build_parser().parse_args(argv)
+    if args.command == "caption":
+        return caption_main(args)  # no torch, no process group: its own errors and JSON (core/caption_cli.py)
     started = time.perf_counter()
+    group = SINGLE
     try:
         _quiet_libraries(offline=getattr(args, "offline", False))
-        summary = run_demo(args) if args.command == "demo" else run_train(args)
+        group = _join_launched_processes(args)
+        summary = run_demo(args) if args.command == "demo" else run_train(args, group)
     except TrainerError as error:
-        print(f"error: {error}", file=sys.stderr)
-        print(json.dumps({"error": str(error)}))
+        print(f"error: {error}" + (f" (process {group.rank})" if group.active else ""), file=sys.stderr)
+        if group.is_main:
+            print(json.dumps({"error": str(error)}))
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    finally:
+        leave(group)
+    if summary is None:  # not the main process: it reported nothing and wrote nothing
+        return 0
     summary["wall_seconds"] = round(time.perf_counter() - started, 2)
     print(json.dumps(summary))
     return 0

@@ -23,6 +23,7 @@ def training_metadata(trainer, step: int) -> dict[str, Any]:
         "ss_resolution": f"({settings.resolution}, {settings.resolution})",
         "ss_seed": str(settings.seed),
         "ss_batch_size_per_device": str(settings.batch_size),
+        "ss_total_batch_size": str(trainer.plan.global_batch * settings.grad_accum),
         "ss_gradient_accumulation_steps": str(settings.grad_accum),
         "ss_max_grad_norm": f"{settings.max_grad_norm:g}",
         "ss_mixed_precision": trainer.precision,

@@ -53,11 +53,12 @@ def min_snr_weights(scheduler, timesteps: torch.Tensor, gamma: float, prediction
     return clipped / (snr + 1.0) if prediction_type == "v_prediction" else clipped / snr
 
 
-def add_noise_offset(noise: torch.Tensor, offset: float, rng: torch.Generator) -> torch.Tensor:
-    """Shift each image's noise by offset·N(0,1) per channel, so the model learns to change mean brightness."""
+def add_noise_offset(noise: torch.Tensor, offset: float, rng: torch.Generator, draws: int | None = None, part: slice = slice(None)) -> torch.Tensor:
+    """Shift each image's noise by offset·N(0,1) per channel, so the model learns to change mean brightness.
+    ``draws`` shifts are drawn (the global batch of several processes) and ``part`` of them used."""
     if not offset:
         return noise
-    shift = torch.randn(noise.shape[0], noise.shape[1], 1, 1, generator=rng).to(noise.device, noise.dtype)
+    shift = torch.randn(draws or noise.shape[0], noise.shape[1], 1, 1, generator=rng)[part].to(noise.device, noise.dtype)
     return noise + offset * shift
 
 

@@ -61,6 +61,8 @@ def run_state(trainer) -> dict[str, Any]:
         "base_hash": trainer.base.source_hash,
         "base_source": os.path.basename(trainer.base.source),
         "family": trainer.family.name,
+        "global_micro_batch": trainer.plan.global_batch,  # batch size x processes: what a step's draws are defined on
+        "world_size": trainer.group.world_size,
         "prediction_type": trainer.prediction_type,
     }
 

@@ -15,6 +15,7 @@ from . import lora as lora_lib
 from .base_model import BaseModel
 from .cpu_kernels import matmul_convolutions, onednn_linears
 from .devices import trim_freed_memory
+from .distributed import SINGLE, ProcessGroup
 from .families import ModelFamily, TextEncoderSlot
 from .model_loading import materialize, module_from_config
 from .seeding import mix_seed
@@ -32,8 +33,9 @@ class TrainableModels:
         release_frozen_models: bool = False,
         cpu_matmul_convolutions: bool = True,
         cpu_onednn_linears: bool = True,
+        group: ProcessGroup = SINGLE,
     ):
-        self.base, self.family = base, base.model_family
+        self.base, self.family, self.group = base, base.model_family, group
         self.lora_settings, self.settings = lora_settings, settings
         self.device, self.dtype = device, dtype
         self.release_frozen_models = release_frozen_models
@@ -42,6 +44,9 @@ class TrainableModels:
         self._kernels = ExitStack()
         self.unet: Any = None
         self.text_encoders: list[Any] = list(base.text_encoders)
+        # What the training step calls: the same modules, inside DistributedDataParallel when several processes train.
+        self.forward_unet: Any = None
+        self.forward_text_encoders: list[Any] = self.text_encoders
 
     @property
     def slots(self) -> tuple[TextEncoderSlot, ...]:
@@ -86,6 +91,13 @@ class TrainableModels:
             self.unet.enable_gradient_checkpointing()
             for encoder in self.trained_text_encoders():
                 encoder.gradient_checkpointing_enable()
+        self.forward_unet = self.group.wrap(self.unet, self.device)
+        # SDXL conditions on CLIP-L's penultimate layer, so its last layer's adapters get no gradient.
+        self.forward_text_encoders = [self.group.wrap(e, self.device, unused_parameters=True) for e in self.trained_text_encoders()] or self.text_encoders
+
+    def wrapped(self) -> list[Any]:
+        """The DistributedDataParallel modules (none with one process)."""
+        return [m for m in (self.forward_unet, *self.forward_text_encoders) if m is not None and hasattr(m, "no_sync")]
 
     def _fast_kernels(self) -> None:
         if self.device.type != "cpu":

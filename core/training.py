@@ -33,13 +33,14 @@ from .base_model import BaseModel
 from .batching import BatchIndices, BatchPlan
 from .caches import MAX_TEXT_VARIANTS, CaptionConditioning, ImageLatents, fill_caches
 from .dataset import ImageCaptionDataset
+from .distributed import SINGLE, ProcessGroup, is_peer_failure, peer_lost_message
 from .devices import autocast_for, keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
 from .errors import SettingsError, TrainerError
 from .export import export_lora
 from .locking import FolderLock
 from .losses import add_noise_offset, denoising_loss, resolve_prediction_type
 from .optim import SkippedStep, apply_gradients, make_optimizer
-from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, optional
+from .progress import ProgressCallback, ProgressEvent, StopCheck, never_stop, no_progress, optional
 from .resume import RunHistory, TrainingCheckpoints, continuation_paths, run_state
 from .seeding import generator, mix_seed
 from .timing import PhaseTimer
@@ -82,6 +83,8 @@ class TrainResult:
     prediction_type: str = "epsilon"
     prediction_reason: str = ""
     resolution: int = 0
+    world_size: int = 1
+    global_batch_size: int = 1  # batch size x processes x gradient accumulation
     validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
     best_validation: tuple[int, float] | None = None
     best_checkpoint: str | None = None  # with keep best: the checkpoint of the lowest validation loss
@@ -103,6 +106,8 @@ class TrainResult:
             "prediction_type": self.prediction_type,
             "prediction_reason": self.prediction_reason,
             "resolution": self.resolution,
+            "world_size": self.world_size,
+            "global_batch_size": self.global_batch_size,
             "validation_losses": [[step, loss] for step, loss in self.validation_losses],
             "best_validation_step": self.best_validation[0] if self.best_validation else None,
             "best_validation_loss": self.best_validation[1] if self.best_validation else None,
@@ -129,19 +134,23 @@ class Trainer:
         cpu_matmul_convolutions: bool = True,
         cpu_onednn_linears: bool = True,
         validation_dataset: ImageCaptionDataset | None = None,
+        group: ProcessGroup = SINGLE,
     ):
-        """``validation_dataset`` is measured during the run instead of a held-out part (``validation_split``).
+        """``group`` is the process group of a data-parallel run (``core.distributed``): this process trains its
+        slice of every global batch, and only the main one reports progress and writes files.
+        ``validation_dataset`` is measured during the run instead of a held-out part (``validation_split``).
         ``release_frozen_models`` frees the VAE, text encoders and base UNet weights once they are no
         longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI.
         ``cpu_matmul_convolutions`` and ``cpu_onednn_linears`` let frozen convolutions and linears use ``core.cpu_kernels``
         on the CPU (off only to measure them)."""
-        settings, dataset, held_out = checked_inputs(base, dataset, lora_settings, settings, validation_dataset)
+        settings, dataset, held_out = checked_inputs(base, dataset, lora_settings, settings, validation_dataset, group)
+        self.group = group
         self.base, self.dataset, self.lora_settings, self.settings = base, dataset, lora_settings, settings
         self.family = base.model_family
         self.device = usable_device(device)
         self.precision = resolve_precision(settings.precision, self.device)
         self.dtype = torch_dtype(self.precision)
-        self.progress = optional(progress)
+        self.progress = optional(progress) if group.is_main else no_progress
         self.should_stop = should_stop or never_stop
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
         if settings.save_every and not self.checkpoint_dir:
@@ -154,9 +163,9 @@ class Trainer:
         self.prediction_type = resolve_prediction_type(settings.prediction, base.noise_scheduler)
         self.objective = self.family.objective(base, self.prediction_type)
         self.timer = PhaseTimer(self.device)
-        self.plan = BatchPlan(dataset, settings)
+        self.plan = BatchPlan(dataset, settings, group.world_size, group.rank)
         self.models = TrainableModels(
-            base, lora_settings, settings, self.device, self.dtype, release_frozen_models, cpu_matmul_convolutions, cpu_onednn_linears,
+            base, lora_settings, settings, self.device, self.dtype, release_frozen_models, cpu_matmul_convolutions, cpu_onednn_linears, group,
         )
         self.images = ImageLatents(self.plan, self._encode_images, base.vae_scale_factor, self.device, self.timer)
         self.captions = CaptionConditioning(self.plan, self._encode_text, self.device, self.timer, self.models.trains_text)
@@ -195,15 +204,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ loss and evaluation
 
-    def _loss(self, unet, latents: torch.Tensor, text, size_ids: torch.Tensor, rng: torch.Generator, timesteps=None, plain: bool = False) -> torch.Tensor:
-        """Loss of one batch in the objective's space; ``plain`` (the eval loss) ignores offset, weighting and Huber."""
+    def _loss(self, unet, latents: torch.Tensor, text, size_ids: torch.Tensor, rng: torch.Generator, timesteps=None, plain: bool = False,
+              part: slice = slice(None)) -> torch.Tensor:
+        """Loss of one batch in the objective's space; ``plain`` (the eval loss) ignores offset, weighting and Huber.
+        With several processes ``latents`` are this process's ``part`` of the global batch, and the noise, timesteps
+        and offsets are drawn for the global batch and sliced, as one process would draw them."""
         settings, objective = self.settings, self.objective
-        noise = torch.randn(latents.shape, generator=rng).to(self.device)
+        draws = self.plan.global_batch if part != slice(None) else latents.shape[0]
+        noise = torch.randn((draws, *latents.shape[1:]), generator=rng)[part].to(self.device)
         if timesteps is None:
-            timesteps = objective.draw_timesteps(latents.shape[0], rng)
+            timesteps = objective.draw_timesteps(draws, rng)[part]
         if not plain:
             # Drawn after noise and timesteps, so a run without offset keeps the same random stream.
-            noise = add_noise_offset(noise, settings.noise_offset, rng)
+            noise = add_noise_offset(noise, settings.noise_offset, rng, draws, part)
         timesteps = timesteps.to(self.device)
         noisy = objective.noisy(latents, noise, timesteps)
         target = objective.target(latents, noise, timesteps)
@@ -248,6 +261,9 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints, previews
 
     def save_checkpoint(self, step: int) -> Path:
+        """Write a checkpoint (the main process; the others only name it: one writer)."""
+        if not self.group.is_main:
+            return self.checkpoint_dir / f"checkpoint-{step:06d}"
         return self.saver.save(step, self.optimizer, self.lr_scheduler, self.scaler, self.history, export_lora(self, step))
 
     def _starting_step(self) -> int:
@@ -285,14 +301,17 @@ class Trainer:
 
     def run(self) -> TrainResult:
         """Train. A checkpoint folder is locked for the whole run: one training per folder at a time."""
-        with FolderLock(self.checkpoint_dir) if self.checkpoint_dir else nullcontext():
-            if self.checkpoint_dir:
+        writes = self.checkpoint_dir is not None and self.group.is_main
+        with FolderLock(self.checkpoint_dir) if writes else nullcontext():
+            if writes:
                 checkpoints.remove_unfinished(self.checkpoint_dir)
             try:
                 return self._run()
             except torch.OutOfMemoryError:
                 pass
             except RuntimeError as error:
+                if self.group.active and is_peer_failure(error):  # e.g. raised by DDP's gradient exchange in backward
+                    raise TrainerError(peer_lost_message(error)) from None
                 if "can't allocate memory" not in str(error):
                     raise
         # Raised outside the except block so the failed step's tensors (held by the traceback) are freed first.
@@ -306,7 +325,7 @@ class Trainer:
         self.models.inject()
         try:
             caches = [(self.images, self.captions)] + ([(self.validation.images, self.validation.captions)] if self.validation else [])
-            fill_caches(caches, self.models, self.progress, self.should_stop)
+            fill_caches(caches, self.models, self.progress, self.should_stop, self.group)
             groups = self.models.parameter_groups()
             parameters = [p for group in groups for p in group["params"]]
             self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(groups, self.settings, self.device, self.dtype)
@@ -328,7 +347,7 @@ class Trainer:
         smoothed = history.losses[-1] if history.losses else None
         self.models.train_mode(True)
         while step < settings.steps:
-            if self.should_stop():
+            if self.group.any(self.should_stop()):  # a cancel anywhere stops every process at the same step
                 interrupted = True
                 break
             step_start = time.perf_counter()
@@ -355,7 +374,7 @@ class Trainer:
                 self._validate(step)
             if settings.save_every and step % settings.save_every == 0 and step < settings.steps:
                 self.save_checkpoint(step)
-            if settings.sample_every and step % settings.sample_every == 0:
+            if settings.sample_every and step % settings.sample_every == 0 and self.group.is_main:
                 self._sample(step)
         self.models.train_mode(False)
         return step, interrupted, step_times, first_step_at
@@ -408,10 +427,11 @@ class Trainer:
             indices = self.plan.batch_indices(step, micro)
             with self.timer("data"):
                 latents, size_ids = self.images.batch(indices, rng)
-                text = self.captions.batch(indices, self.models.text_encoders)
-            with self.timer("forward"):
-                loss = self._loss(self.models.unet, latents, text, size_ids, rng)
-            value = float(loss.detach())
+                text = self.captions.batch(indices, self.models.forward_text_encoders)
+            last = micro == settings.grad_accum - 1
+            with self.group.no_sync(self.models.wrapped(), last), self.timer("forward"):
+                loss = self._loss(self.models.forward_unet, latents, text, size_ids, rng, part=indices.part)
+            value = self.group.mean(float(loss.detach()))  # every process decides on the same number
             if not math.isfinite(value):
                 return self._abandon_step(SkippedStep(f"the loss was {value}"))
             with self.timer("backward"):
@@ -434,7 +454,7 @@ class Trainer:
         return float("nan"), skipped
 
 
-def checked_inputs(base, dataset, lora_settings, settings: TrainSettings, validation_dataset):
+def checked_inputs(base, dataset, lora_settings, settings: TrainSettings, validation_dataset, group: ProcessGroup):
     """(settings with the family's defaults, the images to train on, the held-out ones), or one sentence on what is wrong."""
     lora_settings.validate()
     settings.validate(dataset.num_samples)
@@ -443,6 +463,15 @@ def checked_inputs(base, dataset, lora_settings, settings: TrainSettings, valida
         raise SettingsError("The dataset is empty.")
     dataset, held_out = split_for_validation(dataset, settings, validation_dataset)
     settings.validate(dataset.num_samples)
+    if group.active:
+        global_batch = settings.batch_size * group.world_size
+        if global_batch > dataset.num_samples:
+            raise SettingsError(
+                f"The global batch of {global_batch} images ({group.world_size} processes x batch size {settings.batch_size}) is larger "
+                f"than the dataset ({dataset.num_samples} images with repeats); lower the batch size, use fewer processes or add repeats."
+            )
+        if not (settings.cache_latents and settings.cache_text):
+            raise SettingsError("Several processes train from the caches; leave --no-cache out.")
     return settings, dataset, held_out
 
 
@@ -459,7 +488,8 @@ def run_result(trainer: Trainer, lora, step: int, start_step: int, interrupted: 
         phase_seconds=trainer.timer.seconds, skipped_steps=history.skipped_steps, samples=history.samples,
         checkpoint_bytes=history.checkpoint_bytes, model_family=trainer.family.name, prediction_type=trainer.prediction_type,
         prediction_reason=trainer.base.prediction_reason if settings.prediction == "auto" else f"the prediction setting ({settings.prediction})",
-        resolution=settings.resolution, validation_losses=history.validation,
+        resolution=settings.resolution, world_size=trainer.group.world_size,
+        global_batch_size=trainer.plan.global_batch * settings.grad_accum, validation_losses=history.validation,
         best_validation=history.best_validation, best_checkpoint=history.best_checkpoint,
     )
 

@@ -149,8 +149,9 @@ class StableDiffusionFamily(ModelFamily):
 
 
 def tokenize(tokenizer, encoder, captions: Sequence[str]) -> torch.Tensor:
+    config = getattr(encoder, "module", encoder).config  # a DistributedDataParallel wrapper keeps the model in .module
     return tokenizer(
-        list(captions), padding="max_length", max_length=encoder.config.max_position_embeddings, truncation=True, return_tensors="pt",
+        list(captions), padding="max_length", max_length=config.max_position_embeddings, truncation=True, return_tensors="pt",
     ).input_ids
 
 
