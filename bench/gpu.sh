@@ -6,8 +6,10 @@
 # REFERENCE_SCRIPT set, each group also runs diffusers' train_text_to_image_lora.py and prints ratios.
 # Then SDXL (full-size architecture, random weights, XL_RESOLUTION 1024, rank 16, batch 1): bf16 with and
 # without gradient checkpointing, the 8 GB configuration (UNet only, cached latents and text, bf16 weights).
-# MODEL, RESOLUTION, XL_MODEL, XL_RESOLUTION, DEVICE, STEPS and WARMUP override the defaults; the test suite
-# runs this script with MODEL=tiny XL_MODEL=tiny-sdxl DEVICE=cpu so that it keeps working without a GPU.
+# Last, on a machine with several GPUs (NGPU, default: all torch sees), the scaling figure: the same global batch
+# on 1 GPU and on NGPU GPUs through accelerate launch, images/s of each (python -m bench.scaling speed).
+# MODEL, RESOLUTION, XL_MODEL, XL_RESOLUTION, DEVICE, STEPS, WARMUP and NGPU override the defaults; the test suite
+# runs this script with MODEL=tiny XL_MODEL=tiny-sdxl DEVICE=cpu NGPU=2 so that it keeps working without a GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
@@ -15,6 +17,7 @@ MODEL="${MODEL:-sd15}"
 RESOLUTION="${RESOLUTION:-512}"
 XL_MODEL="${XL_MODEL:-sdxl}"
 XL_RESOLUTION="${XL_RESOLUTION:-1024}"
+NGPU="${NGPU:-$("$PYTHON" -c 'import torch; print(torch.cuda.device_count())')}"
 DEVICE="${DEVICE:-cuda}"
 STEPS="${STEPS:-12}"
 WARMUP="${WARMUP:-3}"
@@ -26,3 +29,6 @@ run --precision bf16 --batch-size 4 --variants default,checkpointing
 run --precision fp16 --batch-size 1 --variants default,checkpointing
 "$PYTHON" -m bench --model "$XL_MODEL" --resolution "$XL_RESOLUTION" --rank 16 --steps "$STEPS" --warmup "$WARMUP" --device "$DEVICE" \
   --precision bf16 --batch-size 1 --variants default,checkpointing
+if [ "$NGPU" -gt 1 ]; then
+  "$PYTHON" -m bench.scaling speed --model "$MODEL" --resolution "$RESOLUTION" --rank 16 --processes "$NGPU" --steps "$STEPS" --precision bf16
+fi

@@ -30,6 +30,12 @@ def _accelerator_count(device_type: str) -> int:
     return backend.device_count() if backend is not None and backend.is_available() else 0
 
 
+def device_choices() -> list[str]:
+    """Every device this torch can train on, as widget choices: each accelerator by index, then the CPU."""
+    names = [f"{kind}:{index}" if kind != "mps" else "mps" for kind in ACCELERATORS for index in range(_accelerator_count(kind))]
+    return [*dict.fromkeys(names), "cpu"]
+
+
 def default_device() -> torch.device:
     return next((torch.device(kind) for kind in ACCELERATORS if _accelerator_count(kind)), torch.device("cpu"))
 

@@ -28,7 +28,7 @@ def core_choices(name: str) -> list[str]:
     from ..core import dataset, devices, lora, optim
 
     lists = {"precisions": devices.PRECISIONS, "layouts": dataset.LAYOUTS, "targets": tuple(lora.UNET_TARGET_PRESETS),
-             "adapters": lora.ADAPTER_TYPES, "lr_schedulers": optim.LR_SCHEDULERS}
+             "adapters": lora.ADAPTER_TYPES, "lr_schedulers": optim.LR_SCHEDULERS, "devices": devices.device_choices()}
     return list(lists[name])
 
 
@@ -188,54 +188,6 @@ class HFDataset:
         return (load_hf_dataset(dataset, split.strip() or None, column(image_column), column(caption_column), max_samples or None),)
 
 
-CAPTION_METHODS = ["keep", "from file name", "trigger word only", "BLIP"]
-
-
-class Captioner:
-    DESCRIPTION = (
-        "Caption a dataset: keep its captions, take them from the image file names, use only the trigger word, "
-        "or write them with a BLIP model (only for images without a caption unless overwrite is on). "
-        "The trigger word is put first in every caption. Nothing is written to disk."
-    )
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (T.DATASET,)
-    RETURN_NAMES = ("dataset",)
-    OUTPUT_TOOLTIPS = ("The same images with the new captions.",)
-    FUNCTION = "caption"
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "dataset": (T.DATASET, {"tooltip": "Images with captions from FolderDataset or HFDataset."}),
-                "method": (CAPTION_METHODS, {"default": "keep", "tooltip": "keep: existing captions; from file name: 'red_fox-01.png' becomes 'red fox'; trigger word only: every caption is just the trigger word; BLIP: an image-captioning model writes them."}),
-                "trigger_word": ("STRING", {"default": "", "tooltip": "A rare word that will call up the LoRA's subject (e.g. 'sks style'); put at the start of each caption. Empty: none."}),
-            },
-            "optional": {
-                "blip_model": ("STRING", {"default": "", "tooltip": "For BLIP: a folder under ComfyUI/models/blip, a full folder path, or a hub id already in the Hugging Face cache (e.g. Salesforce/blip-image-captioning-base)."}),
-                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "For BLIP and file names: replace existing captions too, not only empty ones."}),
-            },
-        }
-
-    def caption(self, dataset, method, trigger_word, blip_model="", overwrite=False):
-        from ..core.captioning import caption_dataset
-
-        trigger = " ".join((trigger_word or "").split())
-        if method not in CAPTION_METHODS:
-            raise DatasetError(f"Caption method must be one of {', '.join(CAPTION_METHODS)}, got {method!r}.")
-        if method == "trigger word only":
-            if not trigger:
-                raise DatasetError("The 'trigger word only' method needs a trigger word.")
-            return (dataset.with_captions([trigger] * len(dataset.entries), f"captions: trigger {trigger!r} only"),)
-        core_method = {"keep": "keep", "from file name": "filename", "BLIP": "blip"}[method]
-        checkpoint_roots = api().folder_paths("checkpoints")
-        search_dirs = [os.path.join(os.path.dirname(checkpoint_roots[0]), "blip")] if checkpoint_roots else []
-        return (caption_dataset(
-            dataset, core_method, trigger=trigger, model=(blip_model or "").strip() or None,
-            overwrite=overwrite or method == "from file name", device=api().torch_device(), search_dirs=search_dirs,
-        ),)
-
-
 # --------------------------------------------------------------------------- LoRA settings and training
 
 
@@ -309,13 +261,14 @@ class TrainLoRA:
                 "aspect_buckets": (BUCKET_CHOICES, {"default": "auto", "tooltip": "Train each image near its own aspect ratio instead of a square crop. auto: on for SDXL, off for SD1.x/SD2.x."}),
                 "options": (T.OPTIONS, {"tooltip": "Advanced settings from a Training Options node (optimizer, loss, captions, previews, validation, ...); without it, their defaults."}),
                 "validation_dataset": (T.DATASET, {"tooltip": "Images to measure the validation loss on while training, instead of holding out part of the dataset (Training Options' validation split)."}),
+                "device": (["auto", *core_choices("devices")], {"default": "auto", "tooltip": "Where to train: auto is ComfyUI's own device; with two GPUs, train on one (e.g. cuda:1) while ComfyUI samples on the other. Several GPUs for one run: use the command line (docs/multi_gpu.md)."}),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }
 
     def train(self, base, dataset, lora_config, steps, learning_rate, batch_size, resolution, training_seed, save_every,
               checkpoint_folder, lr_scheduler, warmup_steps, precision, gradient_checkpointing, random_flip, aspect_buckets="auto",
-              options=None, validation_dataset=None, unique_id=None):
+              options=None, validation_dataset=None, device="auto", unique_id=None):
         import torch
 
         from ..core.training import Trainer
@@ -323,8 +276,9 @@ class TrainLoRA:
         from .training_run import ComfyProgress, node_settings, resume_point
 
         bridge = api()
+        training_device = training_device_for(device, bridge)
         settings = node_settings(
-            base, bridge.torch_device(), steps=steps, learning_rate=learning_rate, batch_size=batch_size, resolution=resolution,
+            base, training_device, steps=steps, learning_rate=learning_rate, batch_size=batch_size, resolution=resolution,
             seed=training_seed, lr_scheduler=lr_scheduler, warmup_steps=warmup_steps, precision=precision,
             gradient_checkpointing=gradient_checkpointing, random_flip=random_flip, save_every=save_every,
             checkpoint_folder=checkpoint_folder, aspect_buckets=aspect_buckets, options=options,
@@ -333,12 +287,13 @@ class TrainLoRA:
         checkpoint_dir = safe_child(lora_logs_root(), checkpoint_folder, "checkpoint folder")
         resume_from, resumed_step = resume_point(checkpoint_dir, settings.steps)
         node_id = str(unique_id) if unique_id is not None else ""
-        bridge.free_memory()
+        if str(training_device) == str(bridge.torch_device()):
+            bridge.free_memory()  # training on ComfyUI's own device: it gets the card to itself
         progress = ComfyProgress(bridge, node_id, settings.steps, resumed_step)
         status, step = "error", resumed_step
         try:
             trainer = Trainer(
-                base, dataset, lora_config, settings, device=bridge.torch_device(), progress=progress,
+                base, dataset, lora_config, settings, device=training_device, progress=progress,
                 should_stop=progress.should_stop, checkpoint_dir=checkpoint_dir, resume_from=resume_from,
                 validation_dataset=validation_dataset,
             )
@@ -352,6 +307,13 @@ class TrainLoRA:
         if result.interrupted:
             bridge.raise_interrupted()
         return (T.TrainedLoRA(result.lora.tensors, result.lora.metadata), T.loss_map(result.loss_history, result.lr_history))
+
+
+def training_device_for(choice: str, bridge):
+    """The device Train LoRA trains on: ComfyUI's own for auto, else the one chosen, checked to exist here."""
+    from ..core.devices import usable_device
+
+    return bridge.torch_device() if choice in ("auto", "", None) else usable_device(choice)
 
 
 def lora_logs_root() -> Path:
@@ -459,16 +421,16 @@ NODES = {
     "LoadBaseCheckpoint": (LoadBaseCheckpoint, "Load Base Checkpoint"),
     "FolderDataset": (FolderDataset, "Folder Dataset"),
     "HFDataset": (HFDataset, "Hugging Face Dataset"),
-    "Captioner": (Captioner, "Captioner"),
     "LoRAConfig": (LoRAConfig, "LoRA Config"),
     "TrainLoRA": (TrainLoRA, "Train LoRA"),
     "SaveLoRA": (SaveLoRA, "Save LoRA"),
     "ApplyLoRA": (ApplyLoRA, "Apply LoRA"),
 }
 # Nodes in modules of their own (they import this module's constants, so they are read last).
+from .captioning import NODES as _CAPTIONING_NODES  # noqa: E402
 from .compare import NODES as _COMPARE_NODES  # noqa: E402
 from .options import NODES as _OPTIONS_NODES  # noqa: E402
 
-ALL_NODES = {**NODES, **_OPTIONS_NODES, **_COMPARE_NODES}
+ALL_NODES = {**NODES, **_CAPTIONING_NODES, **_OPTIONS_NODES, **_COMPARE_NODES}
 NODE_CLASS_MAPPINGS = {PREFIX + name: cls for name, (cls, _) in ALL_NODES.items()}
 NODE_DISPLAY_NAME_MAPPINGS = {PREFIX + name: display for name, (_, display) in ALL_NODES.items()}

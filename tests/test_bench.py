@@ -76,11 +76,15 @@ def test_bench_repeats_pair_each_round_with_its_own_reference_run(tmp_path):
 def test_gpu_script_runs_its_configurations_on_the_tiny_model_on_the_cpu(tmp_path):
     """bench/gpu.sh has no GPU to run on in CI: the same command lines on the tiny model keep it from rotting."""
     env = {k: v for k, v in os.environ.items() if k != "REFERENCE_SCRIPT"}
-    env.update(PYTHON=sys.executable, MODEL="tiny", RESOLUTION="64", XL_MODEL="tiny-sdxl", XL_RESOLUTION="64", DEVICE="cpu", STEPS="2",
-               WARMUP="0", TMPDIR=str(tmp_path))
+    env.update(PYTHON=sys.executable, MODEL="tiny", RESOLUTION="64", XL_MODEL="tiny-sdxl", XL_RESOLUTION="64", DEVICE="cpu", STEPS="3",
+               WARMUP="0", NGPU="2", TMPDIR=str(tmp_path))
     process = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert process.returncode == 0, process.stderr[-2000:]
     lines = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    scaling = [line for line in lines if line.get("figure") == "speed"]
+    lines = [line for line in lines if line.get("figure") != "speed"]
+    assert [line.get("processes") for line in scaling] == [1, 2, 2], "the scaling figure: one process, two, their ratio"
+    assert all(line["images_per_second"] > 0 and line["global_batch_size"] == 2 for line in scaling[:2]) and scaling[2]["speed_up"] > 0
     assert [(line["precision"], line["batch_size"], line["variant"]) for line in lines] == [
         ("bf16", 1, "default"), ("bf16", 1, "checkpointing"), ("bf16", 1, "checkpointing+adamw8bit"),
         ("bf16", 4, "default"), ("bf16", 4, "checkpointing"), ("fp16", 1, "default"), ("fp16", 1, "checkpointing"),

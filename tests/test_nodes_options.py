@@ -146,3 +146,17 @@ def test_out_of_memory_reaches_the_node_as_cores_advice(comfy, tmp_path, monkeyp
     monkeypatch.setattr(Trainer, "_train_step", exhausted)
     with pytest.raises(TrainerError, match="^Out of memory while training at 64 px with batch size 2; use batch size 1"):
         train(base, data, config)
+
+
+def test_train_lora_trains_on_the_device_chosen_and_refuses_one_that_is_not_here(comfy, tmp_path, monkeypatch):
+    from lora_trainer_suite.core import devices
+
+    choices = N.NODE_CLASS_MAPPINGS["LoRATrainer_TrainLoRA"].INPUT_TYPES()["optional"]["device"][0]
+    assert choices == ["auto", *devices.device_choices()] and choices[-1] == "cpu"
+    base, data, config = inputs(comfy, tmp_path)
+    with pytest.raises(SettingsError, match="^Device cuda:1 is not available|^Device cuda:1 does not exist"):
+        train(base, data, config, device="cuda:1")
+    monkeypatch.setattr(comfy, "torch_device", lambda: torch.device("meta"))  # ComfyUI samples on another device
+    comfy.calls.clear()
+    lora, loss = train(base, data, config, device="cpu", checkpoint_folder="on_cpu")
+    assert len(loss["loss"]) == 4 and "free_memory" not in comfy.calls, "ComfyUI's own device is left alone"
