@@ -155,6 +155,9 @@ def test_a_group_that_cannot_form_ends_within_the_timeout(files, tmp_path):
     print(f"a peer that never came: refused after {seconds:.1f} s: {results[0][1].strip().splitlines()[-1]}")
     assert processes[0].returncode == 2 and "could not form a group" in results[0][1] and seconds < 60
     assert "Traceback" not in results[0][1] and not (tmp_path / "out").exists()
+    other = by_hand(files, tmp_path / "out" / "lora.safetensors", 1, free_port(), 2, "--dist-timeout", "5", address="10.255.255.1")
+    _, error = other.communicate(timeout=120)  # a wrong (unreachable) address for the main process
+    assert other.returncode == 2 and "could not form a group at 10.255.255.1" in error, error[-2000:]
 
 
 def test_one_named_device_cannot_serve_several_processes(files, tmp_path):
