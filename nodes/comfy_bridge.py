@@ -13,6 +13,8 @@ from typing import Any, Callable
 
 LORA_LOGS = "lora_logs"
 DIFFUSERS = "diffusers"
+# Captioning models, each in ComfyUI/models/<kind>/<name> (wd14_tagger is also the WD14 Tagger node pack's folder name).
+BLIP_MODELS, WD14_MODELS, FLORENCE2_MODELS = "blip", "wd14_tagger", "florence2"
 PROGRESS_EVENT = "lora_trainer.progress"
 CONTEXT_FAMILIES = {768: "sd1", 1024: "sd2", 2048: "sdxl"}  # UNet cross-attention width -> family
 BASE_EVENT = "lora_trainer.base"  # {"node": id, "text": the loaded base model's family and training size}
@@ -24,11 +26,13 @@ class ComfyAPI:
     # ------------------------------------------------------------------ folders
 
     def register_folders(self) -> None:
-        """Add models/lora_logs to ComfyUI's model folders (checkpoints of unfinished runs live there)."""
+        """Add models/lora_logs (checkpoints of unfinished runs) and the captioning models' folders to ComfyUI's model
+        folders; a folder another node pack or extra_model_paths.yaml registered already is left as it is."""
         import folder_paths
 
-        if LORA_LOGS not in folder_paths.folder_names_and_paths:
-            folder_paths.add_model_folder_path(LORA_LOGS, os.path.join(folder_paths.models_dir, LORA_LOGS), is_default=True)
+        for kind in (LORA_LOGS, BLIP_MODELS, WD14_MODELS, FLORENCE2_MODELS):
+            if kind not in folder_paths.folder_names_and_paths:
+                folder_paths.add_model_folder_path(kind, os.path.join(folder_paths.models_dir, kind), is_default=True)
 
     def folder_paths(self, kind: str) -> list[str]:
         try:

@@ -125,6 +125,9 @@ def _folder_fingerprint(folder: str) -> str:
     return digest.hexdigest()
 
 
+UNCAPTIONED_CHOICES = ["refuse", "keep for the Captioner"]
+
+
 class FolderDataset:
     DESCRIPTION = "A folder of captioned images: image/ + text/ subfolders with matching names (0.png + 0.txt), or images with .txt captions beside them. The folder is only read, never written."
     CATEGORY = CATEGORY
@@ -139,17 +142,20 @@ class FolderDataset:
             "folder": ("STRING", {"default": "", "tooltip": "Absolute path of the dataset folder (or a path relative to ComfyUI's input folder)."}),
             "layout": (core_choices("layouts"), {"default": "auto", "tooltip": "auto detects: image/ + text/ folders; metadata.jsonl/csv (imagefolder); kohya 10_name folders (10 repeats); else .txt captions beside each image."}),
             "repeats": ("INT", {"default": 1, "min": 1, "max": 1000, "tooltip": "How many times each image is seen per epoch."}),
+        }, "optional": {
+            "images_without_captions": (UNCAPTIONED_CHOICES, {"default": "refuse", "tooltip": "refuse: an image without a caption file is an error; keep for the Captioner: it gets an empty caption, for a Captioner after this node to fill."}),
         }}
 
     @classmethod
-    def IS_CHANGED(cls, folder, layout, repeats):
+    def IS_CHANGED(cls, folder, layout, repeats, **_optional):
         # Re-read (and retrain) only when files in the folder change; the same folder gives the same value.
         return _folder_fingerprint(_dataset_folder(folder))
 
-    def load(self, folder, layout, repeats):
+    def load(self, folder, layout, repeats, images_without_captions="refuse"):
         from ..core.dataset import load_folder_dataset
 
-        return (load_folder_dataset(_dataset_folder(folder), layout=layout, repeats=repeats),)
+        allow = images_without_captions == "keep for the Captioner"
+        return (load_folder_dataset(_dataset_folder(folder), layout=layout, repeats=repeats, allow_uncaptioned=allow),)
 
 
 def _dataset_folder(folder: str) -> str:

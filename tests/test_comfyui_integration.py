@@ -410,3 +410,33 @@ def test_training_options_and_validation_reach_core_and_the_websocket(server):
     assert metadata["ss_min_snr_gamma"] == "5" and metadata["ss_num_train_images"] == "2"
     assert [step for step, _ in json.loads(metadata["ss_validation_losses"])] == [2, 4]
     assert [point[0] for point in _get(server.url + "/lora_trainer/last_run/5")["validation"]] == [2, 4]
+
+
+def test_caption_with_the_wd14_tagger_then_train(server):
+    """The caption-then-train example's path with a tiny ONNX tagger in models/wd14_tagger: the tags reach the LoRA's
+    ss_tag_frequency, the node's text preview comes back in the prompt's outputs, and the review files are written."""
+    from safetensors import safe_open
+
+    from captioner_support import build_tiny_tagger
+
+    build_tiny_tagger(server.base / "models" / "wd14_tagger" / "tiny-tagger")
+    graph = training_graph(str(server.base / "input" / "shapes"), steps=2)
+    graph["3"]["inputs"].update(method="WD14 tagger", wd14_model="tiny-tagger", mode="append", general_threshold=0.35,
+                                character_threshold=0.85, write_captions_to="tagger_review")
+    graph["5"]["inputs"].update(checkpoint_folder="tagger", save_every=0)
+    graph["6"]["inputs"]["lora_name"] = "tagger_lora"
+    started = time.time()
+    result = server.run(graph)
+    print("caption-then-train with the tagger:", result["status"]["status_str"], f"in {time.time() - started:.1f}s")
+    assert result["status"]["status_str"] == "success", json.dumps(result["status"])[:3000]
+    preview = result["outputs"]["3"]["text"][0]
+    print("Captioner preview:\n" + preview)
+    assert preview.startswith("4 caption(s) by tiny-tagger; trigger 'sks' added")
+    with safe_open(str(server.base / "models" / "loras" / "tagger_lora.safetensors"), framework="pt") as handle:
+        frequency = json.loads(handle.metadata()["ss_tag_frequency"])
+    print("ss_tag_frequency:", frequency)
+    (tags,) = frequency.values()
+    assert {tag: tags.get(tag) for tag in ("sks", "^_^", ":d", "1girl", "solo")} == dict.fromkeys(("sks", "^_^", ":d", "1girl", "solo"), 4)
+    assert any(tag.startswith("a ") and tag.endswith(" background") for tag in tags), "append: the captions it had stay"
+    review = server.base / "input" / "tagger_review"
+    assert len(list(review.rglob("*.txt"))) == 4 and len(list(review.rglob("*.png"))) == 4

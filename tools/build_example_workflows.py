@@ -18,7 +18,8 @@ from workflow_support import all_specs  # noqa: E402
 SPECS = all_specs(load_suite().NODE_CLASS_MAPPINGS)
 P = "LoRATrainer_"
 DEFAULT_TRAIN = dict(steps=1000, learning_rate=1e-4, batch_size=1, resolution=512, training_seed=0, save_every=200, checkpoint_folder="my_lora",
-                     lr_scheduler="cosine", warmup_steps=0, precision="auto", gradient_checkpointing=False, random_flip=True, aspect_buckets="auto")
+                     lr_scheduler="cosine", warmup_steps=0, precision="auto", gradient_checkpointing=False, random_flip=True, aspect_buckets="auto",
+                     device="auto")
 SAMPLER = dict(seed=42, control_after_generate="fixed", steps=25, cfg=7.0, sampler_name="euler_ancestral", scheduler="normal", denoise=1.0)
 
 
@@ -84,16 +85,27 @@ def pokemon():
 
 def one_line_art():
     flow = Workflow()
-    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "image-text", "repeats": 1}, size=(320, 130))
+    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "image-text", "repeats": 1, "images_without_captions": "refuse"}, size=(320, 130))
     training_chain(flow, data, checkpoint="Dreamshaper_8_pruned.safetensors", rank=4, lora_name="one_line_art_lora",
                    train=dict(steps=64, save_every=16, checkpoint_folder="one_line_art"))
     return flow
 
 
+# The WD14 tagger with its default thresholds; its files go in ComfyUI/models/wd14_tagger/wd-eva02-large-tagger-v3.
+# append: the tags follow whatever caption an image has (a kohya folder's name, a caption file) and are added once.
+WD14_CAPTIONER = dict(
+    method="WD14 tagger", trigger_word="sks style", blip_model="", overwrite=False, mode="append", wd14_model="wd-eva02-large-tagger-v3",
+    general_threshold=0.35, character_threshold=0.85, max_tags=0, exclude_tags="", underscores_to_spaces=True, escape_parentheses=True,
+    rating_tag=False, florence2_model="florence-community/Florence-2-base", florence2_task="<DETAILED_CAPTION>", prefix="", suffix="",
+    batch_size=8, write_captions_to="my_images_captions",
+)
+
+
 def caption_then_train():
     flow = Workflow()
-    data = flow.add(P + "FolderDataset", (-360, 160), {"folder": "my_images", "layout": "auto", "repeats": 1})
-    captioned = flow.add(P + "Captioner", (0, 160), {"method": "from file name", "trigger_word": "sks style", "blip_model": "", "overwrite": False}, size=(320, 130), dataset=(data, 0))
+    # A folder of images as they come (captions optional): the tagger fills the missing ones and adds its tags to the others.
+    data = flow.add(P + "FolderDataset", (-760, 160), {"folder": "my_images", "layout": "auto", "repeats": 1, "images_without_captions": "keep for the Captioner"})
+    captioned = flow.add(P + "Captioner", (-400, 0), WD14_CAPTIONER, size=(360, 760), dataset=(data, 0))
     training_chain(flow, captioned, checkpoint="Dreamshaper_8_pruned.safetensors", rank=8, lora_name="sks_style_lora",
                    train=dict(steps=800, save_every=200, checkpoint_folder="sks_style"))
     return flow
@@ -101,7 +113,7 @@ def caption_then_train():
 
 def train_then_sample():
     flow = Workflow()
-    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "auto", "repeats": 1})
+    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "auto", "repeats": 1, "images_without_captions": "refuse"})
     _, trainer, _ = training_chain(flow, data, checkpoint="Dreamshaper_8_pruned.safetensors", rank=4, lora_name="one_line_art_lora",
                                    train=dict(steps=64, save_every=16, checkpoint_folder="one_line_art"))
     sample_with_and_without(flow, trainer, "Dreamshaper_8_pruned.safetensors", "a one line art drawing of a cat", 512)
@@ -111,7 +123,7 @@ def train_then_sample():
 def sdxl_train_then_sample():
     """SDXL from a folder at its own size (resolution 0 = 1024, buckets auto = on), settings that fit an 8 GB card."""
     flow = Workflow()
-    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "my_sdxl_images", "layout": "auto", "repeats": 1})
+    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "my_sdxl_images", "layout": "auto", "repeats": 1, "images_without_captions": "refuse"})
     _, trainer, _ = training_chain(flow, data, checkpoint="sd_xl_base_1.0.safetensors", rank=16, lora_name="my_sdxl_lora",
                                    train=dict(steps=1500, resolution=0, save_every=250, checkpoint_folder="my_sdxl_lora", gradient_checkpointing=True))
     sample_with_and_without(flow, trainer, "sd_xl_base_1.0.safetensors", "a photo of sks dog on a beach", 1024)
@@ -158,7 +170,7 @@ LAB_PROMPTS = [
 def train_save_compare_grid():
     """Train and save a LoRA, then sample the lab's ten prompts at strengths 0, 0.5 and 1 into one labelled grid."""
     flow = Workflow()
-    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "image-text", "repeats": 1})
+    data = flow.add(P + "FolderDataset", (0, 160), {"folder": "one-line-art", "layout": "image-text", "repeats": 1, "images_without_captions": "refuse"})
     _, trainer, _ = training_chain(flow, data, checkpoint="Dreamshaper_8_pruned.safetensors", rank=4, lora_name="one_line_art_lora",
                                    train=dict(steps=64, save_every=16, checkpoint_folder="one_line_art"))
     loader = flow.add("CheckpointLoaderSimple", (0, 700), {"ckpt_name": "Dreamshaper_8_pruned.safetensors"})

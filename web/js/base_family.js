@@ -2,36 +2,11 @@
 // trains at and its training target, as sent by the node with the "lora_trainer.base" event.
 import { app } from "../../../scripts/app.js";
 import { api } from "../../../scripts/api.js";
+import { drawTextBlock } from "./node_text.js";
 
 const NODE_TYPE = "LoRATrainer_LoadBaseCheckpoint";
 const EVENT = "lora_trainer.base";
 const PROPERTY = "lora_trainer_base";
-const LINE_HEIGHT = 16;
-
-function textBottom(node) {
-  let bottom = 0;
-  for (const widget of node.widgets ?? []) {
-    const y = widget.last_y ?? widget.y;
-    if (Number.isFinite(y)) bottom = Math.max(bottom, y + (widget.computedHeight ?? globalThis.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20));
-  }
-  return bottom + 8;
-}
-
-function wrap(ctx, text, width) {
-  const lines = [];
-  let line = "";
-  for (const word of String(text).split(" ")) {
-    const next = line ? `${line} ${word}` : word;
-    if (line && ctx.measureText(next).width > width) {
-      lines.push(line);
-      line = word;
-    } else {
-      line = next;
-    }
-  }
-  if (line) lines.push(line);
-  return lines;
-}
 
 app.registerExtension({
   name: "lora_trainer.base_family",
@@ -43,16 +18,7 @@ app.registerExtension({
       const result = onDrawForeground?.apply(this, arguments);
       const text = this.properties?.[PROPERTY];
       if (!text || this.flags?.collapsed) return result;
-      ctx.save();
-      ctx.font = "12px sans-serif";
-      ctx.fillStyle = "#9fd3a8";
-      ctx.textBaseline = "top";
-      const lines = wrap(ctx, text, this.size[0] - 20);
-      const top = textBottom(this);
-      lines.forEach((line, index) => ctx.fillText(line, 10, top + index * LINE_HEIGHT));
-      const needed = top + lines.length * LINE_HEIGHT + 6;
-      if (this.size[1] < needed) this.setSize?.([this.size[0], needed]);
-      ctx.restore();
+      drawTextBlock(this, ctx, text, { color: "#9fd3a8", widgetHeight: globalThis.LiteGraph?.NODE_WIDGET_HEIGHT ?? 20 });
       return result;
     };
   },
