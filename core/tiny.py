@@ -162,8 +162,9 @@ def _save_tokenizer(folder: Path, tokenizer_dir: Path, max_length: int, pad_toke
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy(tokenizer_dir / name, folder / name)
-    # Without a config, transformers assumes an unbounded max length; CLIP's is 77.
-    config = {"model_max_length": max_length, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
+    # Without a config, transformers assumes an unbounded max length (CLIP's is 77), and AutoTokenizer
+    # (the diffusers SDXL script's) cannot tell the class; real SD folders name both.
+    config = {"tokenizer_class": "CLIPTokenizer", "model_max_length": max_length, "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
               "unk_token": "<|endoftext|>", "pad_token": pad_token}
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 

@@ -73,6 +73,34 @@ def test_bench_repeats_pair_each_round_with_its_own_reference_run(tmp_path):
     assert summary["ratio_seconds_per_step_median"] == round(sum(per_round) / 2, 3)
 
 
+STAND_IN_SDXL_REFERENCE = STAND_IN_REFERENCE + '''
+held_after_training = bytearray(400 * 2**20)  # like the SDXL script's LoRA export, after the last step
+for page in range(0, len(held_after_training), 4096):
+    held_after_training[page] = 1
+from diffusers import StableDiffusionXLPipeline
+StableDiffusionXLPipeline.from_pretrained("no/such/model")  # the SDXL script's end-of-run reload
+raise SystemExit("the reload was not stopped")
+'''
+
+
+def test_bench_runs_the_sdxl_reference_for_sdxl_and_stops_it_at_its_final_reload(tmp_path):
+    """REFERENCE_SCRIPT_SDXL (never committed) runs beside SDXL models; REFERENCE_SCRIPT's stand-in would fail if used."""
+    (tmp_path / "sdxl_stand_in.py").write_text(STAND_IN_SDXL_REFERENCE)
+    (tmp_path / "sd15_stand_in.py").write_text("raise SystemExit('the SD1.5 script ran for an SDXL model')")
+    env = {**os.environ, "REFERENCE_SCRIPT": str(tmp_path / "sd15_stand_in.py"), "REFERENCE_SCRIPT_SDXL": str(tmp_path / "sdxl_stand_in.py")}
+    process = subprocess.run(
+        [sys.executable, "-m", "bench", "--model", "tiny-sdxl", "--steps", "3", "--warmup", "1", "--workdir", str(tmp_path / "work")],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert process.returncode == 0, process.stderr
+    reference, ours = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
+    assert reference["variant"] == "reference" and "error" not in reference, reference
+    assert reference["stopped_at_final_reload"] is True
+    assert reference["peak_memory_bytes_whole_run"] - reference["peak_memory_bytes"] > 300 * 2**20, "the peak is read at the last step"
+    assert ours["model"] == "tiny-sdxl" and ours["ratio_peak_memory"] == round(ours["peak_memory_bytes"] / reference["peak_memory_bytes"], 3)
+    assert ours["ratio_seconds_to_first_step"] > 0
+
+
 def test_gpu_script_runs_its_configurations_on_the_tiny_model_on_the_cpu(tmp_path):
     """bench/gpu.sh has no GPU to run on in CI: the same command lines on the tiny model keep it from rotting."""
     env = {k: v for k, v in os.environ.items() if k != "REFERENCE_SCRIPT"}
