@@ -51,3 +51,22 @@ def build_data(workdir: Path, size: int, count: int = 8) -> tuple[Path, Path]:
             rows.append({"file_name": image.name, "text": (ours / "text" / f"{image.stem}.txt").read_text()})
         (reference / "metadata.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
     return ours, reference
+
+
+def build_aspect_data(square_data: Path, size: int) -> Path:
+    """The images of ``square_data`` cropped to three aspect ratios in turn (1:1, 3:2, 2:3), for bucketed runs."""
+    from PIL import Image
+
+    folder = square_data.with_name(square_data.name + "_aspects")
+    if folder.exists():
+        return folder
+    staging = folder.with_name("." + folder.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(square_data, staging)
+    for index, image_path in enumerate(sorted((staging / "image").iterdir())):
+        width, height = [(size, size), (size, size * 2 // 3), (size * 2 // 3, size)][index % 3]
+        with Image.open(image_path) as image:
+            left, top = (image.width - width) // 2, (image.height - height) // 2
+            image.crop((left, top, left + width, top + height)).save(image_path)
+    staging.rename(folder)
+    return folder

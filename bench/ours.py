@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 PROCESS_START = time.perf_counter()
 
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--onednn-convs", action="store_true", help="keep every convolution on oneDNN (measures core.cpu_kernels)")
     parser.add_argument("--mkl-linears", action="store_true", help="keep fp32 linears on MKL (measures core.cpu_kernels)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the UNet step (core.compiling)")
+    parser.add_argument("--buckets", action="store_true", help="aspect-ratio buckets over the same images at three aspect ratios")
     args = parser.parse_args()
 
     from core.cli import _quiet_libraries
@@ -48,11 +51,16 @@ def main() -> None:
     device = usable_device(args.device)
     dtype = torch_dtype(args.precision) if device.type == "cpu" else torch.float32
     base = load_base_model(args.model_dir, dtype=dtype)
+    if args.buckets:
+        from bench.assets import build_aspect_data
+
+        args.data = build_aspect_data(Path(args.data), args.resolution)
     dataset = load_folder_dataset(args.data)
     settings = TrainSettings(
         steps=args.steps, learning_rate=1e-4, batch_size=args.batch_size, resolution=args.resolution, seed=0,
         lr_scheduler="constant", precision=args.precision, gradient_checkpointing=args.gradient_checkpointing,
         cache_latents=not args.no_cache, cache_text=not args.no_cache, random_flip=False, optimizer=args.optimizer,
+        compile=args.compile, bucket=args.buckets,
     )
     trainer = Trainer(
         base, dataset, LoRASettings(rank=args.rank, targets=args.targets), settings,
@@ -71,6 +79,7 @@ def main() -> None:
         "phase_seconds_per_step": {k: round(result.phase_seconds.get(k, 0.0) / args.steps, 4) for k in STEP_PHASES},
         "phase_seconds_once": {k: round(v, 3) for k, v in result.phase_seconds.items() if k not in STEP_PHASES},
         "precision": trainer.precision,
+        "compiled_graphs": result.compiled_graphs,
     }))
 
 

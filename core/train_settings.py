@@ -44,6 +44,7 @@ class TrainSettings:
     sample_guidance: float = 7.5
     precision: str = "auto"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the UNet step (core/compiling.py)
     crop: str = "center"
     random_flip: bool = True
     # Data options (see core/augment.py and core/buckets.py); defaults change nothing.

@@ -13,6 +13,7 @@ import torch
 
 from . import lora as lora_lib
 from .base_model import BaseModel
+from .compiling import compiled
 from .cpu_kernels import matmul_convolutions, onednn_linears
 from .devices import trim_freed_memory
 from .distributed import SINGLE, ProcessGroup
@@ -92,6 +93,8 @@ class TrainableModels:
             for encoder in self.trained_text_encoders():
                 encoder.gradient_checkpointing_enable()
         self.forward_unet = self.group.wrap(self.unet, self.device)
+        if self.settings.compile:
+            self.forward_unet = compiled(self.forward_unet)
         # SDXL conditions on CLIP-L's penultimate layer, so its last layer's adapters get no gradient.
         self.forward_text_encoders = [self.group.wrap(e, self.device, unused_parameters=True) for e in self.trained_text_encoders()] or self.text_encoders
 
@@ -100,7 +103,8 @@ class TrainableModels:
         return [m for m in (self.forward_unet, *self.forward_text_encoders) if m is not None and hasattr(m, "no_sync")]
 
     def _fast_kernels(self) -> None:
-        if self.device.type != "cpu":
+        # Compiled, the UNet's kernels are TorchInductor's; ours choose by input shape, which would pin every shape.
+        if self.device.type != "cpu" or self.settings.compile:
             return
         if self.cpu_matmul_convolutions:
             self._kernels.enter_context(matmul_convolutions(self.unet))

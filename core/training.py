@@ -32,6 +32,7 @@ from . import lora as lora_lib
 from .base_model import BaseModel
 from .batching import BatchIndices, BatchPlan
 from .caches import MAX_TEXT_VARIANTS, CaptionConditioning, ImageLatents, fill_caches
+from .compiling import compile_before_first_step, compile_errors, compiled_graphs
 from .dataset import ImageCaptionDataset
 from .distributed import SINGLE, ProcessGroup, is_peer_failure, peer_lost_message
 from .devices import autocast_for, keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
@@ -88,6 +89,7 @@ class TrainResult:
     validation_losses: list[tuple[int, float]] = field(default_factory=list)  # (step, held-out loss)
     best_validation: tuple[int, float] | None = None
     best_checkpoint: str | None = None  # with keep best: the checkpoint of the lowest validation loss
+    compiled_graphs: int | None = None  # with compile: the UNet graphs compiled (more than one: recompiles)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -112,6 +114,7 @@ class TrainResult:
             "best_validation_step": self.best_validation[0] if self.best_validation else None,
             "best_validation_loss": self.best_validation[1] if self.best_validation else None,
             "best_checkpoint": self.best_checkpoint,
+            "compiled_graphs": self.compiled_graphs,
         }
 
 
@@ -322,6 +325,7 @@ class Trainer:
         self._counted_skips = 0
         rng_state = torch.random.get_rng_state()
         self._run_start = time.perf_counter()
+        self.graphs_before_run = compiled_graphs() if self.settings.compile else 0
         self.models.inject()
         try:
             caches = [(self.images, self.captions)] + ([(self.validation.images, self.validation.captions)] if self.validation else [])
@@ -331,7 +335,10 @@ class Trainer:
             self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(groups, self.settings, self.device, self.dtype)
             start_step = self._starting_step()
             self._fast_forward_schedule(start_step)
-            step, interrupted, step_times, first_step_at = self._loop(start_step, parameters)
+            with compile_errors() if self.settings.compile else nullcontext():
+                if self.settings.compile and start_step < self.settings.steps:
+                    compile_before_first_step(self, start_step)
+                step, interrupted, step_times, first_step_at = self._loop(start_step, parameters)
             eval_before, eval_after, lora = self._finish(step, start_step, interrupted)
         finally:
             self._restore_base()
@@ -491,6 +498,7 @@ def run_result(trainer: Trainer, lora, step: int, start_step: int, interrupted: 
         resolution=settings.resolution, world_size=trainer.group.world_size,
         global_batch_size=trainer.plan.global_batch * settings.grad_accum, validation_losses=history.validation,
         best_validation=history.best_validation, best_checkpoint=history.best_checkpoint,
+        compiled_graphs=compiled_graphs() - trainer.graphs_before_run if settings.compile else None,
     )
 
 
