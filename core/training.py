@@ -326,10 +326,12 @@ class Trainer:
         rng_state = torch.random.get_rng_state()
         self._run_start = time.perf_counter()
         self.graphs_before_run = compiled_graphs() if self.settings.compile else 0
-        self.models.inject()
         try:
             caches = [(self.images, self.captions)] + ([(self.validation.images, self.validation.captions)] if self.validation else [])
+            # Caching first: the VAE and text encoders leave the device before the UNet's training copy arrives, so the
+            # two never share it (SDXL's caching at 1024 px would otherwise peak above an 8 GB card's memory).
             fill_caches(caches, self.models, self.progress, self.should_stop, self.group)
+            self.models.inject()
             groups = self.models.parameter_groups()
             parameters = [p for group in groups for p in group["params"]]
             self.optimizer, self.lr_scheduler, self.scaler = make_optimizer(groups, self.settings, self.device, self.dtype)
