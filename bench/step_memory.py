@@ -11,6 +11,11 @@ for that step, less what CUDA kernels allocate for themselves (cuDNN and attenti
 workspaces) and rounding by the caching allocator; the CUDA context (0.3-0.5 GiB) is never
 in "allocated". The VAE and text encoder have been released after caching by then, as in the
 CLI and bench runs. Prints one JSON line. fp16 shares bf16's byte sizes, so bf16 stands for both.
+
+``--phase caching`` records the caching before the first step instead (VAE encodes of the images,
+text-encoder passes over the captions): its "parameter" category is every weight on the device
+then (the whole VAE and the text encoders; the UNet's training copy comes after), touched or not. ``--no-text-cache`` keeps the text encoders on the device and runs them every step;
+``--optimizer adamw8bit`` measures bitsandbytes' 8-bit AdamW (it runs on the CPU too).
 """
 from __future__ import annotations
 
@@ -37,32 +42,72 @@ def parse_args(argv=None):
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--precision", default="bf16", choices=["fp32", "bf16"])
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--no-text-cache", action="store_true", help="run the frozen text encoders every step instead of caching their outputs")
+    parser.add_argument("--optimizer", default="adamw", help="adamw, or adamw8bit (needs bitsandbytes)")
+    parser.add_argument("--phase", default="step", choices=["step", "caching"], help="a steady training step, or the caching before the first one")
     parser.add_argument("--workdir", default=os.path.join(tempfile.gettempdir(), "lora_trainer_bench"))
     return parser.parse_args(argv)
 
 
-def profiled_step_memory(trainer, profiled_step: int, timeline_path: Path) -> dict[str, int]:
-    """Runs ``trainer`` and returns the peak bytes of step ``profiled_step`` (0-based), total and by category."""
+def profiled(call, timeline_path: Path):
+    """``call()`` under the profiler's memory timeline, written to ``timeline_path``; returns what ``call`` returns."""
     from torch.profiler import profile
 
+    with profile(profile_memory=True, record_shapes=True, with_stack=True) as profiler:
+        outcome = call()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only recorder
+        profiler.export_memory_timeline(str(timeline_path), device="cpu")
+    return outcome
+
+
+def timeline_peak(timeline_path: Path, weights_on_device: int | None = None) -> dict[str, int]:
+    """The timeline's peak, total and by category. ``weights_on_device`` replaces its "parameter" category, which
+    holds only the weights the profiled code touched, by every weight on the device at the time."""
+    _, sizes = json.loads(timeline_path.read_text())
+    if weights_on_device is not None:
+        parameter = TIMELINE_CATEGORIES.index("parameter")
+        sizes = [[weights_on_device if index == parameter else size for index, size in enumerate(row)] for row in sizes]
+    peak_index = max(range(len(sizes)), key=lambda index: sum(sizes[index]))
+    at_peak = dict(zip(TIMELINE_CATEGORIES, sizes[peak_index]))
+    return {"total": sum(sizes[peak_index]), **{name: size for name, size in at_peak.items() if size}}
+
+
+def profiled_step_memory(trainer, profiled_step: int, timeline_path: Path) -> dict[str, int]:
+    """Runs ``trainer`` and returns the peak bytes of step ``profiled_step`` (0-based), total and by category."""
     train_step = trainer._train_step
 
     def step(step_index, parameters):
         if step_index != profiled_step:
             return train_step(step_index, parameters)
-        with profile(profile_memory=True, record_shapes=True, with_stack=True) as profiler:
-            outcome = train_step(step_index, parameters)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # deprecated in favour of a CUDA-only recorder
-            profiler.export_memory_timeline(str(timeline_path), device="cpu")
-        return outcome
+        return profiled(lambda: train_step(step_index, parameters), timeline_path)
 
     trainer._train_step = step
     trainer.run()
-    _, sizes = json.loads(timeline_path.read_text())
-    peak_index = max(range(len(sizes)), key=lambda index: sum(sizes[index]))
-    at_peak = dict(zip(TIMELINE_CATEGORIES, sizes[peak_index]))
-    return {"total": sum(sizes[peak_index]), **{name: size for name, size in at_peak.items() if size}}
+    return timeline_peak(timeline_path)
+
+
+def profiled_caching_memory(trainer, timeline_path: Path) -> dict[str, int]:
+    """Runs ``trainer`` and returns the peak bytes of its caching phase. Every weight on the device then counts,
+    touched or not: the whole VAE (the decoder too), the text encoders, and the UNet if it were there already
+    (the trainer caches before it puts the UNet's training copy on the device)."""
+    from core import training
+
+    fill = training.fill_caches
+    weights = {}
+
+    def fill_profiled(caches, models, *args, **kwargs):
+        modules = [m for m in (models.unet, models.base.vae, *models.base.text_encoders) if m is not None]
+        tensors = {t.data_ptr(): t for module in modules for t in [*module.parameters(), *module.buffers()]}
+        weights["bytes"] = sum(t.numel() * t.element_size() for t in tensors.values())
+        return profiled(lambda: fill(caches, models, *args, **kwargs), timeline_path)
+
+    training.fill_caches = fill_profiled
+    try:
+        trainer.run()
+    finally:
+        training.fill_caches = fill
+    return timeline_peak(timeline_path, weights["bytes"])
 
 
 def main(argv=None) -> int:
@@ -84,8 +129,9 @@ def main(argv=None) -> int:
     from core.training import Trainer, TrainSettings
 
     settings = TrainSettings(
-        steps=2, learning_rate=1e-4, batch_size=args.batch_size, resolution=resolution, seed=0, lr_scheduler="constant",
-        precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, random_flip=False,
+        steps=2 if args.phase == "step" else 1, learning_rate=1e-4, batch_size=args.batch_size, resolution=resolution, seed=0,
+        lr_scheduler="constant", precision=args.precision, gradient_checkpointing=args.gradient_checkpointing, random_flip=False,
+        cache_text=not args.no_text_cache, optimizer=args.optimizer,
     )
     trainer = Trainer(
         load_base_model(model_dir, dtype=torch_dtype(args.precision)), load_folder_dataset(data_dir),
@@ -93,10 +139,12 @@ def main(argv=None) -> int:
         cpu_matmul_convolutions=False, cpu_onednn_linears=False,
     )
     with tempfile.TemporaryDirectory() as scratch:
-        peak = profiled_step_memory(trainer, profiled_step=1, timeline_path=Path(scratch) / "timeline.json")
+        timeline = Path(scratch) / "timeline.json"
+        peak = profiled_step_memory(trainer, 1, timeline) if args.phase == "step" else profiled_caching_memory(trainer, timeline)
     print(json.dumps({
-        "model": args.model, "resolution": resolution, "batch_size": args.batch_size, "rank": args.rank,
+        "model": args.model, "phase": args.phase, "resolution": resolution, "batch_size": args.batch_size, "rank": args.rank,
         "precision": args.precision, "gradient_checkpointing": args.gradient_checkpointing, "text_encoder": args.text_encoder,
+        "text_cache": not args.no_text_cache, "optimizer": args.optimizer, "images": args.images,
         "projected_peak_allocated_bytes": peak["total"],
         "at_peak_by_category_bytes": {name: size for name, size in peak.items() if name != "total"},
     }))

@@ -4,7 +4,9 @@ The UNet (inside DistributedDataParallel when several processes train) is compil
 TorchInductor. The first compile happens before the first step, on the first batch's shapes,
 and is timed as its own phase ("compile"); a new image size later (aspect-ratio buckets)
 makes torch compile again, once with static shapes and then with dynamic ones, so a bucketed
-run recompiles a few times, not every step. ``compiled_graphs`` counts them.
+run recompiles a few times, not every step. ``compiled_graphs`` counts them. The CPU kernels of
+``core.cpu_kernels`` choose by input shape, which would pin every shape, so a compiled bucketed run
+leaves its convolutions and linears to Inductor.
 """
 from __future__ import annotations
 

@@ -103,8 +103,8 @@ class TrainableModels:
         return [m for m in (self.forward_unet, *self.forward_text_encoders) if m is not None and hasattr(m, "no_sync")]
 
     def _fast_kernels(self) -> None:
-        # Compiled, the UNet's kernels are TorchInductor's; ours choose by input shape, which would pin every shape.
-        if self.device.type != "cpu" or self.settings.compile:
+        # Ours choose by input shape: compiled with buckets, that would pin every shape (a recompile per bucket).
+        if self.device.type != "cpu" or (self.settings.compile and self.settings.bucket):
             return
         if self.cpu_matmul_convolutions:
             self._kernels.enter_context(matmul_convolutions(self.unet))
