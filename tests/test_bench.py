@@ -106,6 +106,7 @@ def test_gpu_script_runs_its_configurations_on_the_tiny_model_on_the_cpu(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "REFERENCE_SCRIPT"}
     env.update(PYTHON=sys.executable, MODEL="tiny", RESOLUTION="64", XL_MODEL="tiny-sdxl", XL_RESOLUTION="64", DEVICE="cpu", STEPS="3",
                WARMUP="0", NGPU="2", TMPDIR=str(tmp_path))
+    env["TORCH_COMPILE_DISABLE"] = "1"  # the compile lines run, eagerly: Inductor takes minutes even on the tiny model
     process = subprocess.run(["bash", str(ROOT / "bench" / "gpu.sh")], cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert process.returncode == 0, process.stderr[-2000:]
     lines = [json.loads(line) for line in process.stdout.splitlines() if line.startswith("{")]
@@ -114,19 +115,20 @@ def test_gpu_script_runs_its_configurations_on_the_tiny_model_on_the_cpu(tmp_pat
     assert [line.get("processes") for line in scaling] == [1, 2, 2], "the scaling figure: one process, two, their ratio"
     assert all(line["images_per_second"] > 0 and line["global_batch_size"] == 2 for line in scaling[:2]) and scaling[2]["speed_up"] > 0
     assert [(line["precision"], line["batch_size"], line["variant"]) for line in lines] == [
-        ("bf16", 1, "default"), ("bf16", 1, "checkpointing"), ("bf16", 1, "checkpointing+adamw8bit"),
+        ("bf16", 1, "default"), ("bf16", 1, "checkpointing"), ("bf16", 1, "checkpointing+adamw8bit"), ("bf16", 1, "compile"),
         ("bf16", 4, "default"), ("bf16", 4, "checkpointing"), ("fp16", 1, "default"), ("fp16", 1, "checkpointing"),
-        ("bf16", 1, "default"), ("bf16", 1, "checkpointing"),
+        ("bf16", 1, "default"), ("bf16", 1, "checkpointing"), ("bf16", 1, "checkpointing+compile"),
     ]
-    assert [line["model"] for line in lines] == ["tiny"] * 7 + ["tiny-sdxl"] * 2
-    for line in lines[7:]:
+    assert [line["model"] for line in lines] == ["tiny"] * 8 + ["tiny-sdxl"] * 3
+    for line in lines[8:]:
         assert "error" not in line and line["images_per_second"] > 0, line
     assert all(line["rank"] == 16 and line["resolution"] == 64 for line in lines)
-    for line in lines[:2] + lines[3:5]:
+    for line in lines[:2] + lines[3:6]:
         assert "error" not in line, line
         assert line["images_per_second"] > 0 and line["peak_memory_bytes"] > 0
+    assert "compile" in lines[3]["phase_seconds_once"] and lines[3]["compiled_graphs"] == 0, "compiled (here: eagerly) before the first step"
     assert "error" not in lines[2] or "bitsandbytes" in lines[2]["log_tail"], "8-bit AdamW runs, or says what to install"
-    for line in lines[5:7]:  # fp16 is a GPU precision: refused on the CPU, in one line each, and the script goes on
+    for line in lines[6:8]:  # fp16 is a GPU precision: refused on the CPU, in one line each, and the script goes on
         assert "fp16 training is not supported on the CPU" in line["log_tail"]
 
 
@@ -153,3 +155,20 @@ def test_step_memory_accounts_for_weights_adapters_and_optimizer_and_sees_checkp
         assert at_peak["optimizer_state"] == 2 * adapter_bytes + 4 * len(adapters), "AdamW's two moments and step count"
         assert line["projected_peak_allocated_bytes"] == sum(at_peak.values())
     assert lines[True]["at_peak_by_category_bytes"].get("activation", 0) < lines[False]["at_peak_by_category_bytes"]["activation"] / 2
+
+
+def test_step_memory_of_the_caching_phase_counts_the_encoders_on_the_device_and_not_the_unet(tmp_path, capsys):
+    import torch
+
+    from bench import step_memory
+    from core.model_loading import load_base_model
+
+    step_memory.main(["--model", "tiny", "--workdir", str(tmp_path), "--phase", "caching", "--images", "2"])
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    base = load_base_model(tmp_path / "tiny_diffusers", dtype=torch.bfloat16)
+    encoders = sum(t.numel() * t.element_size() for model in (base.vae, *base.text_encoders) for t in [*model.parameters(), *model.buffers()])
+    at_peak = line["at_peak_by_category_bytes"]
+    # The VAE's decoder is never run, yet it is on the device; the UNet's training copy arrives after the caching.
+    assert line["phase"] == "caching" and at_peak["parameter"] == encoders
+    assert at_peak.get("activation", 0) + at_peak.get("temporary", 0) + at_peak.get("unknown", 0) > 0, "the encoders' own tensors"
+    assert line["projected_peak_allocated_bytes"] == sum(at_peak.values())
