@@ -4,9 +4,9 @@ The UNet (inside DistributedDataParallel when several processes train) is compil
 TorchInductor. The first compile happens before the first step, on the first batch's shapes,
 and is timed as its own phase ("compile"); a new image size later (aspect-ratio buckets)
 makes torch compile again, once with static shapes and then with dynamic ones, so a bucketed
-run recompiles a few times, not every step. ``compiled_graphs`` counts them. The CPU kernels of
-``core.cpu_kernels`` choose by input shape, which would pin every shape, so a compiled bucketed run
-leaves its convolutions and linears to Inductor.
+run recompiles a few times, not every step. ``compiled_graphs`` counts them. A compiled run leaves
+its convolutions and linears to Inductor: the CPU kernels of ``core.cpu_kernels`` choose by input
+shape, which would pin every shape, and Inductor cannot lower their oneDNN linear op in training.
 """
 from __future__ import annotations
 
@@ -45,8 +45,8 @@ def compile_errors():
         cause = getattr(error, "inner_exception", None) or error  # the backend's own error, under dynamo's wrapper
         first_line = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:300]
         raise TrainerError(
-            f"torch.compile could not compile the UNet ({first_line}). Turn compile off, or install what it needs: "
-            "a C++ compiler for the CPU (gcc or clang; MSVC's cl.exe on Windows), Triton for CUDA."
+            f"torch.compile could not compile the UNet ({type(cause).__name__}: {first_line}). Turn compile off (it is "
+            "optional); if a compiler is missing, it needs gcc or clang on the CPU (MSVC's cl.exe on Windows) and Triton on CUDA."
         ) from None
 
 

@@ -103,8 +103,9 @@ class TrainableModels:
         return [m for m in (self.forward_unet, *self.forward_text_encoders) if m is not None and hasattr(m, "no_sync")]
 
     def _fast_kernels(self) -> None:
-        # Ours choose by input shape: compiled with buckets, that would pin every shape (a recompile per bucket).
-        if self.device.type != "cpu" or (self.settings.compile and self.settings.bucket):
+        # Compiled, the kernels are TorchInductor's: ours choose by input shape (a recompile per bucket), and
+        # Inductor lowers oneDNN's linear op for prepacked inference weights only (an fp32 compile failed on it).
+        if self.device.type != "cpu" or self.settings.compile:
             return
         if self.cpu_matmul_convolutions:
             self._kernels.enter_context(matmul_convolutions(self.unet))
