@@ -2,11 +2,13 @@
 
 The UNet (inside DistributedDataParallel when several processes train) is compiled with
 TorchInductor. The first compile happens before the first step, on the first batch's shapes,
-and is timed as its own phase ("compile"); a new image size later (aspect-ratio buckets)
-makes torch compile again, once with static shapes and then with dynamic ones, so a bucketed
-run recompiles a few times, not every step. ``compiled_graphs`` counts them. A compiled run leaves
-its convolutions and linears to Inductor: the CPU kernels of ``core.cpu_kernels`` choose by input
-shape, which would pin every shape, and Inductor cannot lower their oneDNN linear op in training.
+and is timed as its own phase ("compile"). Shapes are static: each aspect-ratio bucket size is
+compiled once, the first time a batch of that size comes, and never again (torch's recompile
+limit is raised to the run's number of sizes). Dynamic shapes would serve every size from two
+graphs, but Inductor's CPU code generation failed on them (torch 2.13, SD1.5 at 256 px).
+``compiled_graphs`` counts the graphs. A compiled run leaves its convolutions and linears to
+Inductor: the CPU kernels of ``core.cpu_kernels`` choose by input shape, and Inductor cannot
+lower their oneDNN linear op in training.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ BACKEND = "inductor"
 
 
 def compiled(module: torch.nn.Module) -> Any:
-    return torch.compile(module, backend=BACKEND)
+    return torch.compile(module, backend=BACKEND, dynamic=False)
 
 
 def compiled_graphs() -> int:
@@ -53,9 +55,14 @@ def compile_errors():
 def compile_before_first_step(trainer, step: int) -> None:
     """Compiles the UNet's forward and backward on the shapes of ``step``'s first micro-batch, timed as the
     "compile" phase, then drops the gradients: the run's own draws, adapters and optimizer are untouched."""
+    import torch._dynamo
+
     from .seeding import generator
 
-    indices = trainer.plan.batch_indices(step, 0)
+    plan = trainer.plan
+    sizes = len({plan.bucket_of(index) for index in range(len(plan.dataset.entries))}) if trainer.settings.bucket else 1
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, sizes + 1)
+    indices = plan.batch_indices(step, 0)
     rng = generator(trainer.settings.seed, step, 0xC0)  # a stream of its own
     trainer.models.train_mode(True)  # as the steps call it: a graph traced in eval mode would be traced again
     with trainer.timer("compile"):

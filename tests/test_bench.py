@@ -172,3 +172,16 @@ def test_step_memory_of_the_caching_phase_counts_the_encoders_on_the_device_and_
     assert line["phase"] == "caching" and at_peak["parameter"] == encoders
     assert at_peak.get("activation", 0) + at_peak.get("temporary", 0) + at_peak.get("unknown", 0) > 0, "the encoders' own tensors"
     assert line["projected_peak_allocated_bytes"] == sum(at_peak.values())
+
+
+def test_op_profile_splits_a_step_by_operator_family_in_each_precision(tmp_path, capsys):
+    from bench import op_profile
+
+    op_profile.main(["--model", "tiny", "--workdir", str(tmp_path)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines() if line.startswith("{")]
+    assert [line["precision"] for line in lines] == ["fp32", "bf16"]
+    for line in lines:
+        families = line["profiled_self_seconds"]
+        assert line["step_seconds"] > 0 and families["matmul"] > 0 and families["convolution"] > 0
+        assert set(families) <= {*op_profile.FAMILIES, "other"}
+    assert lines[1]["profiled_self_seconds"]["casts and copies"] > 0, "bf16 autocast casts"

@@ -1,4 +1,4 @@
-"""--compile: the UNet step through torch.compile, exact to the eager run, compiled before the first step, not per bucket.
+"""--compile: the UNet step through torch.compile, exact to the eager run, compiled before the first step, once per bucket size.
 
 TorchInductor's code generation takes minutes even for the tiny model on a fresh machine, so these tests
 use torch's "aot_eager" backend: the same dynamo capture, guards, recompiles and AOT-autograd forward and
@@ -43,7 +43,7 @@ def test_a_compiled_run_trains_the_same_lora_and_times_its_compile(base_model, d
         torch.testing.assert_close(compiled.lora.tensors[name], tensor, rtol=1e-5, atol=1e-7)
 
 
-def test_buckets_recompile_a_few_times_not_once_per_image_size(base_model, tmp_path):
+def test_buckets_compile_once_per_size_never_per_step(base_model, tmp_path):
     root = tmp_path / "aspects"
     root.mkdir()
     sizes = [(256, 256), (512, 256), (256, 512), (768, 256), (256, 768), (320, 256)]
@@ -51,7 +51,7 @@ def test_buckets_recompile_a_few_times_not_once_per_image_size(base_model, tmp_p
         Image.new("RGB", size, (30 * index, 90, 160)).save(root / f"{index}.png")
         (root / f"{index}.txt").write_text(f"a block {index}")
     dataset = load_folder_dataset(root, resolution=256)
-    trainer = Trainer(base_model, dataset, LoRASettings(rank=4), TrainSettings(**{**QUICK, "steps": 6, "resolution": 256}, bucket=True, compile=True))
+    trainer = Trainer(base_model, dataset, LoRASettings(rank=4), TrainSettings(**{**QUICK, "steps": 9, "resolution": 256}, bucket=True, compile=True))
     shapes = []
     original = trainer.images.batch
 
@@ -62,11 +62,11 @@ def test_buckets_recompile_a_few_times_not_once_per_image_size(base_model, tmp_p
 
     trainer.images.batch = record
     result = trainer.run()
-    step_shapes = set(shapes[1:])  # shapes[0] is the compile pass's
-    assert len(step_shapes) >= 5, "the run met several bucket sizes"
-    # The first size is compiled with static shapes; the second makes torch mark the sizes dynamic, and those graphs
-    # serve every later size (a size past a threshold of the convolutions' may add one more).
-    assert result.compiled_graphs <= 3 and result.compiled_graphs < len(step_shapes), (result.compiled_graphs, step_shapes)
+    step_shapes = shapes[1:]  # shapes[0] is the compile pass's, the first step's size
+    assert len(set(step_shapes)) >= 5, "the run met several bucket sizes"
+    # Static shapes: one graph per size, compiled when the size first comes; sizes seen again reuse theirs
+    # (torch's default limit of 8 graphs is raised to the run's number of sizes).
+    assert result.compiled_graphs == len(set(step_shapes)) < len(step_shapes), (result.compiled_graphs, step_shapes)
 
 
 def test_a_compiler_that_fails_ends_the_run_in_one_sentence(base_model, dataset, monkeypatch):
