@@ -2,14 +2,13 @@
 
 import pytest
 import torch
-from PIL import Image
 
 from core.augment import CaptionAugmentation
 from core.buckets import assign_bucket, batches_per_epoch, bucket_grid, epoch_batches
-from core.dataset import load_folder_dataset
 from core.errors import SettingsError
 from core.lora import LoRASettings
 from core.training import Trainer, TrainSettings, generator, train
+from training_support import aspect_dataset
 
 
 def test_grid_at_512_is_kohya_like():
@@ -84,13 +83,7 @@ def test_bad_data_settings(kwargs, message):
 @pytest.fixture
 def mixed_shapes(tmp_path):
     """Six images of three aspect ratios at 128 px training size (grid 64..256)."""
-    root = tmp_path / "shapes"
-    root.mkdir()
-    sizes = [(128, 128), (140, 136), (256, 64), (250, 70), (64, 256), (40, 80)]
-    for i, size in enumerate(sizes):
-        Image.new("RGB", size, (40 * i, 100, 200)).save(root / f"{i}.png")
-        (root / f"{i}.txt").write_text(f"shape {i}, colour {i}, thing")
-    return load_folder_dataset(root, resolution=128)
+    return aspect_dataset(tmp_path / "shapes", [(128, 128), (140, 136), (256, 64), (250, 70), (64, 256), (40, 80)], resolution=128)
 
 
 FAST = dict(steps=3, resolution=128, batch_size=2, learning_rate=1e-3, seed=5, random_flip=True)

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from PIL import Image
 
 from core import compiling
-from core.dataset import load_folder_dataset
 from core.errors import TrainerError
 from core.lora import LoRASettings
 from core.training import Trainer, TrainSettings
+from training_support import aspect_dataset
 
 QUICK = dict(steps=4, resolution=64, batch_size=1, learning_rate=1e-3, seed=3, lr_scheduler="constant")
 
@@ -44,13 +43,7 @@ def test_a_compiled_run_trains_the_same_lora_and_times_its_compile(base_model, d
 
 
 def test_buckets_compile_once_per_size_never_per_step(base_model, tmp_path):
-    root = tmp_path / "aspects"
-    root.mkdir()
-    sizes = [(256, 256), (512, 256), (256, 512), (768, 256), (256, 768), (320, 256)]
-    for index, size in enumerate(sizes):
-        Image.new("RGB", size, (30 * index, 90, 160)).save(root / f"{index}.png")
-        (root / f"{index}.txt").write_text(f"a block {index}")
-    dataset = load_folder_dataset(root, resolution=256)
+    dataset = aspect_dataset(tmp_path / "aspects", [(256, 256), (512, 256), (256, 512), (768, 256), (256, 768), (320, 256)], resolution=256)
     trainer = Trainer(base_model, dataset, LoRASettings(rank=4), TrainSettings(**{**QUICK, "steps": 9, "resolution": 256}, bucket=True, compile=True))
     shapes = []
     original = trainer.images.batch

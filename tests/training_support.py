@@ -1,7 +1,20 @@
 """Shared helpers for tests that look inside a training run."""
-import torch
+from pathlib import Path
 
+import torch
+from PIL import Image
+
+from core.dataset import load_folder_dataset
 from core.training import Trainer
+
+
+def aspect_dataset(root: Path, sizes: list[tuple[int, int]], resolution: int):
+    """A folder dataset of flat images of the given (width, height) sizes, each with its own caption."""
+    root.mkdir()
+    for index, size in enumerate(sizes):
+        Image.new("RGB", size, (30 * index, 90, 160)).save(root / f"{index}.png")
+        (root / f"{index}.txt").write_text(f"shape {index}, colour {index}, thing")
+    return load_folder_dataset(root, resolution=resolution)
 
 
 class ProbeTrainer(Trainer):

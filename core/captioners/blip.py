@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetError
+from .generative import GenerativeCaptioner
 from .sources import ModelSource, cached_hub_file, read_config, resolve_model_folder, wrong_kind_hint
 
 BLIP_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.safetensors.index.json")
@@ -34,15 +35,8 @@ def locate(model: str, search_dirs: Sequence = ()) -> ModelSource:
     return ModelSource(model, hub_id=model, folder=config.parent if config is not None else None)
 
 
-@dataclass
-class BlipCaptioner:
+class BlipCaptioner(GenerativeCaptioner):
     """A loaded BLIP captioning model and its processor, on one device."""
-
-    model: Any
-    processor: Any
-    device: Any
-    name: str
-    identity: str = ""
 
     @classmethod
     def load(cls, model: str | os.PathLike | None, device: Any = None, search_dirs: Sequence[str | os.PathLike] = ()) -> "BlipCaptioner":
@@ -75,13 +69,7 @@ class BlipCaptioner:
         return cls.load(source.folder if source.hub_id is None else source.hub_id, device=device)
 
     def caption(self, images: list, max_new_tokens: int = 40) -> list[str]:
-        import torch
-
-        inputs = self.processor(images=images, return_tensors="pt").to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        with torch.no_grad():
-            output = self.model.generate(**inputs, max_new_tokens=max_new_tokens)
-        return [" ".join(text.split()) for text in self.processor.batch_decode(output, skip_special_tokens=True)]
+        return self.generate_captions(self.processor(images=images, return_tensors="pt"), max_new_tokens=max_new_tokens)
 
     def run(self, images: list, settings: BlipSettings) -> list[str]:
         return self.caption(images, max_new_tokens=settings.max_new_tokens)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..errors import DatasetError, SettingsError
+from .generative import GenerativeCaptioner
 from .sources import ModelSource, cached_hub_file, find_folder, looks_like_hub_id, looks_like_path, read_config, read_json, wrong_kind_hint
 
 TASKS = ("<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>")
@@ -75,15 +76,8 @@ def _dtype(device):
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-@dataclass
-class Florence2Captioner:
+class Florence2Captioner(GenerativeCaptioner):
     """A loaded Florence-2 model and its processor, on one device."""
-
-    model: Any
-    processor: Any
-    device: Any
-    name: str
-    identity: str = ""
 
     @classmethod
     def load(cls, source: ModelSource, device: Any = None) -> "Florence2Captioner":
@@ -112,13 +106,8 @@ class Florence2Captioner:
         return cls(model.to(device).eval(), processor, device, source.name, loaded.identity() or "")
 
     def run(self, images: list, settings: Florence2Settings) -> list[str]:
-        import torch
-
-        inputs = self.processor(text=[settings.task] * len(images), images=images, return_tensors="pt").to(self.device)
-        inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
-        with torch.no_grad():
-            output = self.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams, do_sample=False)
-        return [" ".join(text.split()) for text in self.processor.batch_decode(output, skip_special_tokens=True)]
+        inputs = self.processor(text=[settings.task] * len(images), images=images, return_tensors="pt")
+        return self.generate_captions(inputs, max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams, do_sample=False)
 
 
 def _hub_config(hub_id: str) -> dict | None:
