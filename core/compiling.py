@@ -69,5 +69,5 @@ def compile_before_first_step(trainer, step: int) -> None:
         latents, size_ids = trainer.images.batch(indices, rng)
         text = trainer.captions.batch(indices, trainer.models.forward_text_encoders)
         with trainer.group.no_sync(trainer.models.wrapped(), False):  # no gradient exchange for gradients thrown away
-            trainer._loss(trainer.models.forward_unet, latents, text, size_ids, rng, part=indices.part).backward()
+            trainer.batch_loss(trainer.models.forward_unet, latents, text, size_ids, rng, part=indices.part).backward()
     trainer.optimizer.zero_grad(set_to_none=True)

@@ -73,8 +73,8 @@ ADVANCED_SETTINGS: tuple[Setting, ...] = (
     Setting("validation_split", "--validation-split", VALIDATION, "images held out for validation: a fraction below 1 (0.1 = 10 %) or a count; 0 turns validation off", minimum=0.0, maximum=100000.0, step=0.01),
     Setting("validation_every", "--validation-every", VALIDATION, "validation loss every N steps (0: twenty times over the run)", minimum=0, maximum=1_000_000),
     Setting("keep_best", "--keep-best", VALIDATION, "keep the checkpoint of the best validation loss (never pruned by keep last)"),
-    Setting("compile", "--compile", SPEED, "torch.compile the UNet step: faster steps after a one-off compile before the first step "
-            "(minutes on a CPU; needs a C++ compiler, and Triton on CUDA); see docs/performance.md for when it pays"),
+    Setting("compile", "--compile", SPEED, "torch.compile the UNet step after a one-off compile before the first step (minutes; needs a C++ "
+            "compiler, and Triton on CUDA). Measured slower per step on CPUs; may pay on a GPU: see docs/performance.md"),
 )
 TRAIN_DEFAULTS = {field.name: field.default for field in dataclasses.fields(TrainSettings)}
 

@@ -207,7 +207,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ loss and evaluation
 
-    def _loss(self, unet, latents: torch.Tensor, text, size_ids: torch.Tensor, rng: torch.Generator, timesteps=None, plain: bool = False,
+    def batch_loss(self, unet, latents: torch.Tensor, text, size_ids: torch.Tensor, rng: torch.Generator, timesteps=None, plain: bool = False,
               part: slice = slice(None)) -> torch.Tensor:
         """Loss of one batch in the objective's space; ``plain`` (the eval loss) ignores offset, weighting and Huber.
         With several processes ``latents`` are this process's ``part`` of the global batch, and the noise, timesteps
@@ -247,7 +247,7 @@ class Trainer:
             # All draws of an image in one batch: one pass instead of EVAL_DRAWS (the loss is their mean either way).
             texts = {key: value.expand(EVAL_DRAWS, *value.shape[1:]) for key, value in text.items()}
             latents, sizes = latent.expand(EVAL_DRAWS, -1, -1, -1), size_ids.expand(EVAL_DRAWS, -1)
-            losses.append(float(self._loss(self.models.unet, latents, texts, sizes, rng, timesteps=timesteps, plain=True)))
+            losses.append(float(self.batch_loss(self.models.unet, latents, texts, sizes, rng, timesteps=timesteps, plain=True)))
         return sum(losses) / len(losses)
 
     def _validate(self, step: int) -> None:
@@ -439,7 +439,7 @@ class Trainer:
                 text = self.captions.batch(indices, self.models.forward_text_encoders)
             last = micro == settings.grad_accum - 1
             with self.group.no_sync(self.models.wrapped(), last), self.timer("forward"):
-                loss = self._loss(self.models.forward_unet, latents, text, size_ids, rng, part=indices.part)
+                loss = self.batch_loss(self.models.forward_unet, latents, text, size_ids, rng, part=indices.part)
             value = self.group.mean(float(loss.detach()))  # every process decides on the same number
             if not math.isfinite(value):
                 return self._abandon_step(SkippedStep(f"the loss was {value}"))

@@ -237,8 +237,8 @@ class PoisonedTrainer(Trainer):
         self._poison_now = step in self.poisoned
         return super()._train_step(step, parameters)
 
-    def _loss(self, *args, **kwargs):
-        loss = super()._loss(*args, **kwargs)
+    def batch_loss(self, *args, **kwargs):
+        loss = super().batch_loss(*args, **kwargs)
         return loss * float("nan") if getattr(self, "_poison_now", False) and not kwargs.get("plain") else loss
 
 
@@ -362,8 +362,8 @@ def test_fp16_resume_restores_the_loss_scale(tiny_base, shapes, fp16_on_cpu, mon
 class OverflowingTrainer(Trainer):
     """Every gradient is infinite, whatever the loss scale: fp16 overflow that scaling cannot cure."""
 
-    def _loss(self, *args, **kwargs):
-        loss = super()._loss(*args, **kwargs)
+    def batch_loss(self, *args, **kwargs):
+        loss = super().batch_loss(*args, **kwargs)
         return loss if kwargs.get("plain") else _InfiniteGradient.apply(loss)
 
 
