@@ -33,7 +33,7 @@ def main() -> None:
     from core.cli import _quiet_libraries
 
     _quiet_libraries()
-    from bench.measure import peak_memory_bytes, steady_seconds
+    from bench.measure import StepPhases, peak_memory_bytes, steady_seconds
     import torch
 
     from core.dataset import load_folder_dataset
@@ -43,10 +43,13 @@ def main() -> None:
     from core.training import STEP_PHASES, Trainer, TrainSettings
 
     step_ends: list[float] = []
+    trainer = None
+    step_phases = StepPhases(lambda: trainer.timer.seconds)
 
     def record(event):
         if event.phase == "train":
             step_ends.append(time.perf_counter())
+            step_phases.step_ended()
 
     device = usable_device(args.device)
     dtype = torch_dtype(args.precision) if device.type == "cpu" else torch.float32
@@ -69,14 +72,15 @@ def main() -> None:
     )
     result = trainer.run()
     step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]
-    per_step = steady_seconds(step_seconds, max(0, args.warmup - 1))
+    steady_from = max(0, args.warmup - 1)
+    per_step = steady_seconds(step_seconds, steady_from)
     print(json.dumps({
         "trainer": "ours",
         "seconds_per_step": per_step,
         "images_per_second": args.batch_size / per_step if per_step else None,
         "seconds_to_first_step": step_ends[0] - PROCESS_START if step_ends else None,
         "peak_memory_bytes": peak_memory_bytes(trainer.device.type),
-        "phase_seconds_per_step": {k: round(result.phase_seconds.get(k, 0.0) / args.steps, 4) for k in STEP_PHASES},
+        "phase_seconds_per_step": step_phases.steady_medians(steady_from, STEP_PHASES),
         "phase_seconds_once": {k: round(v, 3) for k, v in result.phase_seconds.items() if k not in STEP_PHASES},
         "precision": trainer.precision,
         "compiled_graphs": result.compiled_graphs,

@@ -2,8 +2,8 @@
 
 The script is run unmodified through runpy. A global optimizer step hook records when each
 step ends and the peak memory so far; class-level timers add up the seconds its VAE, text
-encoders and UNet forward take each step (the rest of a step is its backward pass, optimizer
-and data). The SDXL script always reloads the whole pipeline after saving the LoRA, which
+encoders and UNet forward take, reported as each one's median per steady step (the rest of a
+step is its backward pass, optimizer and data). The SDXL script always reloads the whole pipeline after saving the LoRA, which
 says nothing about training and in fp32 would not fit beside the model still held (two full
 fp32 SDXLs, about 28 GB); the worker ends the script there, after the LoRA file is written.
 """
@@ -62,16 +62,18 @@ def time_phases(totals: dict[str, float]) -> None:
 
 def main() -> None:
     script, warmup, device_type, *script_args = sys.argv[1:]
-    from bench.measure import peak_memory_bytes, steady_seconds
+    from bench.measure import StepPhases, peak_memory_bytes, steady_seconds
 
     steps = int(script_args[script_args.index("--max_train_steps") + 1])
     step_ends: list[float] = []
     peak_at_steps: list[int | None] = []
     phase_totals: dict[str, float] = {}
+    step_phases = StepPhases(lambda: phase_totals)
     from torch.optim.optimizer import register_optimizer_step_post_hook
 
     def on_step(optimizer, args, kwargs):
         step_ends.append(time.perf_counter())
+        step_phases.step_ended()
         peak_at_steps.append(peak_memory_bytes(device_type))
 
     register_optimizer_step_post_hook(on_step)
@@ -84,9 +86,10 @@ def main() -> None:
     except FinalReload:
         stopped_at_reload = True
     step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]
-    per_step = steady_seconds(step_seconds, max(0, int(warmup) - 1))
+    steady_from = max(0, int(warmup) - 1)
+    per_step = steady_seconds(step_seconds, steady_from)
     batch = int(script_args[script_args.index("--train_batch_size") + 1])
-    phases = {name: round(total / max(1, len(step_ends)), 4) for name, total in phase_totals.items()}
+    phases = step_phases.steady_medians(steady_from)
     print(json.dumps({
         "trainer": "reference",
         "seconds_per_step": per_step,

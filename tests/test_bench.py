@@ -185,3 +185,18 @@ def test_op_profile_splits_a_step_by_operator_family_in_each_precision(tmp_path,
         assert line["step_seconds"] > 0 and families["matmul"] > 0 and families["convolution"] > 0
         assert set(families) <= {*op_profile.FAMILIES, "other"}
     assert lines[1]["profiled_self_seconds"]["casts and copies"] > 0, "bf16 autocast casts"
+
+
+def test_step_phases_are_medians_over_steady_steps_not_means_over_the_run():
+    from bench.measure import StepPhases
+
+    totals = {"forward": 0.0}
+    phases = StepPhases(lambda: totals)
+    for forward in (9.0, 5.0, 1.0, 2.0, 3.0):  # the first steps pay one-off costs
+        totals["forward"] += forward
+        totals.setdefault("vae", 0.0)
+        totals["vae"] += 0.5
+        phases.step_ended()
+    # Steps 2..5 are 5, 1, 2, 3 s; skipping one warm-up step leaves 1, 2, 3.
+    assert phases.steady_medians(1) == {"forward": 2.0, "vae": 0.5}
+    assert phases.steady_medians(0, ["forward", "backward"]) == {"forward": 2.5, "backward": 0.0}
