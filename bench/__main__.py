@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 VARIANT_FLAGS = {
     "default": [], "no-cache": ["--no-cache"], "onednn-convs": ["--onednn-convs"], "mkl-linears": ["--mkl-linears"],
     "checkpointing": ["--gradient-checkpointing"], "adamw8bit": ["--optimizer", "adamw8bit"], "compile": ["--compile"],
-    "buckets": ["--buckets"],
+    "buckets": ["--buckets"], "bf16-attention": ["--bf16-attention"],
 }
 
 

@@ -26,6 +26,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--onednn-convs", action="store_true", help="keep every convolution on oneDNN (measures core.cpu_kernels)")
     parser.add_argument("--mkl-linears", action="store_true", help="keep fp32 linears on MKL (measures core.cpu_kernels)")
+    parser.add_argument("--bf16-attention", action="store_true", help="keep every bf16 attention in bf16 (measures core.cpu_kernels)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the UNet step (core.compiling)")
     parser.add_argument("--buckets", action="store_true", help="aspect-ratio buckets over the same images at three aspect ratios")
     args = parser.parse_args()
@@ -36,6 +37,7 @@ def main() -> None:
     from bench.measure import StepPhases, peak_memory_bytes, steady_seconds
     import torch
 
+    from core.cpu_kernels import CpuKernelChoice
     from core.dataset import load_folder_dataset
     from core.devices import torch_dtype, usable_device
     from core.lora import LoRASettings
@@ -68,7 +70,9 @@ def main() -> None:
     trainer = Trainer(
         base, dataset, LoRASettings(rank=args.rank, targets=args.targets), settings,
         device=device, progress=record, release_frozen_models=True,
-        cpu_matmul_convolutions=not args.onednn_convs, cpu_onednn_linears=not args.mkl_linears,
+        cpu_kernels=CpuKernelChoice(
+            matmul_convolutions=not args.onednn_convs, onednn_linears=not args.mkl_linears, fp32_short_attention=not args.bf16_attention,
+        ),
     )
     result = trainer.run()
     step_seconds = [b - a for a, b in zip(step_ends, step_ends[1:])]

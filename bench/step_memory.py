@@ -3,7 +3,7 @@
     python -m bench.step_memory --model sd15 --resolution 512 --rank 16 --precision bf16 [--gradient-checkpointing]
 
 Runs our trainer on the CPU for two steps with the kernels a GPU run uses (the CPU-only
-convolution and linear kernels of core.cpu_kernels switched off) and records the second step
+convolution, linear and attention kernels of core.cpu_kernels switched off) and records the second step
 with the torch profiler's memory timeline: every tensor the step touches or creates (UNet
 weights, adapters, their gradients and AdamW state, activations kept for the backward pass,
 temporaries), by category. Its peak is what ``torch.cuda.max_memory_allocated`` would report
@@ -122,6 +122,7 @@ def main(argv=None) -> int:
     from core.cli import _quiet_libraries
 
     _quiet_libraries()
+    from core.cpu_kernels import CpuKernelChoice
     from core.dataset import load_folder_dataset
     from core.devices import torch_dtype
     from core.lora import LoRASettings
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     trainer = Trainer(
         load_base_model(model_dir, dtype=torch_dtype(args.precision)), load_folder_dataset(data_dir),
         LoRASettings(rank=args.rank, train_text_encoder=args.text_encoder), settings, device="cpu", release_frozen_models=True,
-        cpu_matmul_convolutions=False, cpu_onednn_linears=False,
+        cpu_kernels=CpuKernelChoice(matmul_convolutions=False, onednn_linears=False, fp32_short_attention=False),
     )
     with tempfile.TemporaryDirectory() as scratch:
         timeline = Path(scratch) / "timeline.json"

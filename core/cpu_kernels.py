@@ -15,15 +15,35 @@ or grid positions), while oneDNN's fp32 linear, at full fp32 precision, runs
 those 1.3-1.75x faster. Frozen fp32 linears, and the fp32 multiplies of the
 convolutions above, use oneDNN while training on the CPU (bf16 multiplies
 already go to oneDNN). Measured with ``--variants default,mkl-linears``.
+
+Short attentions go to fp32 in bf16 runs: torch's fused CPU attention kernel is 1.3-3x slower in bf16
+than in fp32 while a query's and key's positions multiply to 256 x 256 or fewer (every attention of
+SDXL at 256 px, the 16x16 and 8x8 levels at 512 px), and faster above that. Those attentions take
+their bf16 inputs to fp32, which is also the more exact product. Measured with
+``--variants default,bf16-attention``.
 """
 from __future__ import annotations
 
 import functools
 from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention
+from torch.overrides import TorchFunctionMode
+
+@dataclass(frozen=True)
+class CpuKernelChoice:
+    """Which of this module's kernels a CPU run uses: all of them, unless a benchmark turns one off to measure it."""
+
+    matmul_convolutions: bool = True
+    onednn_linears: bool = True
+    fp32_short_attention: bool = True
+
+
+ALL_KERNELS = CpuKernelChoice()
 
 # Weight elements per output position above which unfold + matmul beats oneDNN, by compute dtype and
 # by whether the kernel is 1x1 (no unfold to pay for); ``python -m bench.cpu_conv_rule`` measures
@@ -35,6 +55,10 @@ MATMUL_THRESHOLDS = {
     (torch.bfloat16, False): 7e4, (torch.bfloat16, True): 1e3,
 }
 
+
+# Query positions x key positions up to which a bf16 attention runs faster in fp32 (torch 2.13 on AVX512-BF16:
+# fp32 wins 1.1-3x from 64x64 to 256x256 and loses 10-20 % at 512x512 and 1024x77).
+SHORT_ATTENTION_POSITIONS = 256 * 256
 
 # oneDNN's call costs ~100 us more than MKL's (forward + backward), which the faster kernel repays from about
 # 100k weights (64 tokens by 320x320 breaks even; 64 by 640x640 is 20 % faster); smaller layers keep MKL.
@@ -139,6 +163,36 @@ class MatmulConv2d(torch.nn.Conv2d):
         return self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
 
 
+def _short_low_precision_attention(args: tuple, kwargs: dict) -> bool:
+    query, key = args[0], args[1]
+    return (
+        query.device.type == "cpu" and query.dtype in (torch.bfloat16, torch.float16)
+        and query.shape[-2] * key.shape[-2] <= SHORT_ATTENTION_POSITIONS
+        and kwargs.get("attn_mask", args[3] if len(args) > 3 else None) is None
+    )
+
+
+class _ShortAttentionInFp32(TorchFunctionMode):
+    """Runs short low-precision CPU attentions in fp32 (outside autocast, which would cast them back)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention and _short_low_precision_attention(args, kwargs):
+            query, key, value, *rest = args
+            with torch.autocast("cpu", enabled=False):
+                output = func(query.float(), key.float(), value.float(), *rest, **kwargs)
+            return output.to(query.dtype)
+        return func(*args, **kwargs)
+
+
+class Fp32ShortAttention(Attention):
+    """A diffusers ``Attention`` whose short bf16 attention products run in fp32 on the CPU."""
+
+    def forward(self, *args, **kwargs):
+        with _ShortAttentionInFp32():
+            return super().forward(*args, **kwargs)
+
+
 def _large_enough_for_matmul(module: torch.nn.Conv2d) -> bool:
     """Whether the weights pass a threshold for even a one-position output; smaller layers stay plain ``Conv2d``."""
     pointwise = MatmulConv2d._pointwise(module)
@@ -176,3 +230,8 @@ def matmul_convolutions(model: torch.nn.Module) -> AbstractContextManager[int]:
     """Within the block, the model's plain ``Conv2d`` layers choose unfold + matmul where it is faster; yields how many."""
     swapped = [module for module in model.modules() if type(module) is torch.nn.Conv2d and _large_enough_for_matmul(module)]
     return _swap_class(swapped, MatmulConv2d, instance_state=("_matmul_choices",))
+
+
+def fp32_short_attentions(model: torch.nn.Module) -> AbstractContextManager[int]:
+    """Within the block, the model's diffusers attentions run short bf16 products in fp32 on the CPU; yields how many."""
+    return _swap_class([module for module in model.modules() if type(module) is Attention], Fp32ShortAttention)

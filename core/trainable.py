@@ -14,7 +14,7 @@ import torch
 from . import lora as lora_lib
 from .base_model import BaseModel
 from .compiling import compiled
-from .cpu_kernels import matmul_convolutions, onednn_linears
+from .cpu_kernels import ALL_KERNELS, CpuKernelChoice, fp32_short_attentions, matmul_convolutions, onednn_linears
 from .devices import trim_freed_memory
 from .distributed import SINGLE, ProcessGroup
 from .families import ModelFamily, TextEncoderSlot
@@ -32,15 +32,14 @@ class TrainableModels:
         device: torch.device,
         dtype: torch.dtype,
         release_frozen_models: bool = False,
-        cpu_matmul_convolutions: bool = True,
-        cpu_onednn_linears: bool = True,
+        cpu_kernels: CpuKernelChoice = ALL_KERNELS,
         group: ProcessGroup = SINGLE,
     ):
         self.base, self.family, self.group = base, base.model_family, group
         self.lora_settings, self.settings = lora_settings, settings
         self.device, self.dtype = device, dtype
         self.release_frozen_models = release_frozen_models
-        self.cpu_matmul_convolutions, self.cpu_onednn_linears = cpu_matmul_convolutions, cpu_onednn_linears
+        self.cpu_kernels = cpu_kernels
         self.trains_text = lora_settings.train_text_encoder
         self._kernels = ExitStack()
         self.unet: Any = None
@@ -107,11 +106,14 @@ class TrainableModels:
         # Inductor lowers oneDNN's linear op for prepacked inference weights only (an fp32 compile failed on it).
         if self.device.type != "cpu" or self.settings.compile:
             return
-        if self.cpu_matmul_convolutions:
+        kernels = self.cpu_kernels
+        if kernels.matmul_convolutions:
             self._kernels.enter_context(matmul_convolutions(self.unet))
-        if self.cpu_onednn_linears:
+        if kernels.onednn_linears:
             for model in dict.fromkeys([self.unet, *self.text_encoders]):
                 self._kernels.enter_context(onednn_linears(model))
+        if kernels.fp32_short_attention and self.dtype != torch.float32:
+            self._kernels.enter_context(fp32_short_attentions(self.unet))
 
     def trained_text_encoders(self) -> list[Any]:
         return self.text_encoders if self.trains_text else []

@@ -33,6 +33,7 @@ from .base_model import BaseModel
 from .batching import BatchIndices, BatchPlan
 from .caches import MAX_TEXT_VARIANTS, CaptionConditioning, ImageLatents, fill_caches
 from .compiling import compile_before_first_step, compile_errors, compiled_graphs
+from .cpu_kernels import ALL_KERNELS, CpuKernelChoice
 from .dataset import ImageCaptionDataset
 from .distributed import SINGLE, ProcessGroup, is_peer_failure, peer_lost_message
 from .devices import autocast_for, keep_freed_memory_for_reuse, resolve_precision, seed_device_generator, torch_dtype, usable_device
@@ -134,8 +135,7 @@ class Trainer:
         resume_from: str | os.PathLike | None = None,
         init_lora: str | os.PathLike | None = None,
         release_frozen_models: bool = False,
-        cpu_matmul_convolutions: bool = True,
-        cpu_onednn_linears: bool = True,
+        cpu_kernels: CpuKernelChoice = ALL_KERNELS,
         validation_dataset: ImageCaptionDataset | None = None,
         group: ProcessGroup = SINGLE,
     ):
@@ -144,8 +144,7 @@ class Trainer:
         ``validation_dataset`` is measured during the run instead of a held-out part (``validation_split``).
         ``release_frozen_models`` frees the VAE, text encoders and base UNet weights once they are no
         longer needed (after caching; the base afterwards is unusable): for one-shot runs like the CLI.
-        ``cpu_matmul_convolutions`` and ``cpu_onednn_linears`` let frozen convolutions and linears use ``core.cpu_kernels``
-        on the CPU (off only to measure them)."""
+        ``cpu_kernels`` chooses which of ``core.cpu_kernels`` a CPU run uses (all; fewer only to measure them)."""
         settings, dataset, held_out = checked_inputs(base, dataset, lora_settings, settings, validation_dataset, group)
         self.group = group
         self.base, self.dataset, self.lora_settings, self.settings = base, dataset, lora_settings, settings
@@ -168,7 +167,7 @@ class Trainer:
         self.timer = PhaseTimer(self.device)
         self.plan = BatchPlan(dataset, settings, group.world_size, group.rank)
         self.models = TrainableModels(
-            base, lora_settings, settings, self.device, self.dtype, release_frozen_models, cpu_matmul_convolutions, cpu_onednn_linears, group,
+            base, lora_settings, settings, self.device, self.dtype, release_frozen_models, cpu_kernels, group,
         )
         self.images = ImageLatents(self.plan, self._encode_images, base.vae_scale_factor, self.device, self.timer)
         self.captions = CaptionConditioning(self.plan, self._encode_text, self.device, self.timer, self.models.trains_text)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from core import cpu_kernels
-from core.cpu_kernels import MatmulConv2d, matmul_convolutions
+from core.cpu_kernels import CpuKernelChoice, MatmulConv2d, matmul_convolutions
 from core.lora import LoRASettings
 from core.training import Trainer, TrainSettings
 
@@ -109,7 +109,7 @@ def test_only_convolutions_that_could_ever_qualify_are_swapped():
 def test_training_with_matmul_convolutions_gives_the_same_lora(base_model, dataset, monkeypatch):
     """Every UNet convolution forced onto the matmul path: the LoRA matches a oneDNN run and the base is restored."""
     settings = TrainSettings(steps=3, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
-    onednn = Trainer(base_model, dataset, LoRASettings(rank=2, targets="kohya"), settings, cpu_matmul_convolutions=False).run()
+    onednn = Trainer(base_model, dataset, LoRASettings(rank=2, targets="kohya"), settings, cpu_kernels=CpuKernelChoice(matmul_convolutions=False)).run()
     _force_matmul(monkeypatch)
     calls = []
     original = MatmulConv2d._conv_forward
@@ -178,7 +178,7 @@ def test_training_with_onednn_linears_gives_the_same_lora(base_model, dataset, m
     """Every frozen UNet and text-encoder linear forced onto oneDNN: the LoRA matches an MKL run and the base is restored."""
     settings = TrainSettings(steps=3, learning_rate=5e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="fp32")
     lora_settings = LoRASettings(rank=2, targets="kohya", train_text_encoder=True)
-    mkl = Trainer(base_model, dataset, lora_settings, settings, cpu_onednn_linears=False).run()
+    mkl = Trainer(base_model, dataset, lora_settings, settings, cpu_kernels=CpuKernelChoice(onednn_linears=False)).run()
     monkeypatch.setattr(cpu_kernels, "ONEDNN_LINEAR_MIN_WEIGHTS", 0)
     calls = _count_onednn_calls(monkeypatch)
     onednn = Trainer(base_model, dataset, lora_settings, settings).run()
@@ -187,3 +187,54 @@ def test_training_with_onednn_linears_gives_the_same_lora(base_model, dataset, m
         assert not any(isinstance(m, cpu_kernels.OneDNNLinear) for m in model.modules())
     for key, value in mkl.lora.tensors.items():
         assert (onednn.lora.tensors[key] - value).abs().max() <= 1e-4, key
+
+
+def _bf16_attention_inputs(query_positions: int, key_positions: int):
+    g = torch.Generator().manual_seed(0)
+    shape = lambda positions: (1, 2, positions, 16)  # noqa: E731
+    return [torch.randn(shape(n), generator=g).to(torch.bfloat16).requires_grad_() for n in (query_positions, key_positions, key_positions)]
+
+
+@pytest.mark.parametrize("query_positions,key_positions,in_fp32", [(64, 77, True), (256, 256, True), (257, 256, False), (1024, 77, False)])
+def test_short_bf16_attentions_run_in_fp32_and_long_ones_stay_bf16(query_positions, key_positions, in_fp32):
+    import torch.nn.functional as F
+
+    query, key, value = _bf16_attention_inputs(query_positions, key_positions)
+    with torch.autocast("cpu", torch.bfloat16), cpu_kernels._ShortAttentionInFp32():
+        output = F.scaled_dot_product_attention(query, key, value)
+    output.float().sum().backward()
+    fp32 = F.scaled_dot_product_attention(query.float(), key.float(), value.float()).to(torch.bfloat16)
+    fused = F.scaled_dot_product_attention(query, key, value)
+    assert output.dtype == torch.bfloat16 and query.grad.dtype == torch.bfloat16
+    assert torch.equal(output, fp32 if in_fp32 else fused)
+    assert not torch.equal(fp32, fused)  # the two paths are told apart
+
+
+def test_fp32_short_attentions_swap_every_diffusers_attention_and_restore_them(base_model):
+    from diffusers.models.attention_processor import Attention
+
+    attentions = [m for m in base_model.unet.modules() if isinstance(m, Attention)]
+    with cpu_kernels.fp32_short_attentions(base_model.unet) as swapped:
+        assert swapped == len(attentions) > 0
+        assert all(type(m) is cpu_kernels.Fp32ShortAttention for m in attentions)
+    assert all(type(m) is Attention for m in attentions)
+
+
+def test_bf16_training_uses_fp32_short_attentions_and_trains_alike(base_model, dataset, monkeypatch):
+    """The tiny model's attentions are all short: a bf16 run takes them to fp32, and its losses stay those of a fused-bf16 run."""
+    settings = TrainSettings(steps=3, learning_rate=1e-3, resolution=64, batch_size=2, lr_scheduler="constant", seed=3, precision="bf16")
+    fused = Trainer(base_model, dataset, LoRASettings(rank=2), settings, cpu_kernels=CpuKernelChoice(fp32_short_attention=False)).run()
+    calls = []
+    original = cpu_kernels._ShortAttentionInFp32.__torch_function__
+
+    def counted(self, func, types, args=(), kwargs=None):
+        if func is torch.nn.functional.scaled_dot_product_attention and cpu_kernels._short_low_precision_attention(args, kwargs or {}):
+            calls.append(1)
+        return original(self, func, types, args, kwargs)
+
+    monkeypatch.setattr(cpu_kernels._ShortAttentionInFp32, "__torch_function__", counted)
+    short_in_fp32 = Trainer(base_model, dataset, LoRASettings(rank=2), settings).run()
+    assert calls
+    assert short_in_fp32.loss_history != fused.loss_history  # the path changed
+    assert short_in_fp32.loss_history == pytest.approx(fused.loss_history, rel=0.05)
+    assert all(type(m).__name__ == "Attention" for m in base_model.unet.modules() if "Attention" in type(m).__name__)
