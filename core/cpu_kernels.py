@@ -16,7 +16,7 @@ those 1.3-1.75x faster. Frozen fp32 linears, and the fp32 multiplies of the
 convolutions above, use oneDNN while training on the CPU (bf16 multiplies
 already go to oneDNN). Measured with ``--variants default,mkl-linears``.
 
-Short attentions go to fp32 in bf16 runs: torch's fused CPU attention kernel is 1.3-3x slower in bf16
+Short attentions go to fp32 in bf16 runs: torch's fused CPU attention kernel is 1.1-3x slower in bf16
 than in fp32 while a query's and key's positions multiply to 256 x 256 or fewer (every attention of
 SDXL at 256 px, the 16x16 and 8x8 levels at 512 px), and faster above that. Those attentions take
 their bf16 inputs to fp32, which is also the more exact product. Measured with
@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention
 from torch.overrides import TorchFunctionMode
+
 
 @dataclass(frozen=True)
 class CpuKernelChoice:
