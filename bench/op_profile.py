@@ -3,8 +3,8 @@
     python -m bench.op_profile --model sd15 --resolution 256 --precisions fp32,bf16
 
 Builds the model if needed (random weights), puts rank-4 adapters on the attention projections
-with our CPU kernels on, as ``python -m bench`` trains, and profiles one forward + backward under
-each precision's autocast after two warm-up steps. Prints one JSON line per precision: the step's
+with the CPU kernels a training run uses (``core.cpu_kernels.enter_training_kernels``), and
+profiles one forward + backward under each precision's autocast after two warm-up steps. Prints one JSON line per precision: the step's
 wall seconds (mean of two unprofiled steps) and the profiler's self CPU seconds of the matrix
 multiplies, convolutions, attention, casts and copies, norms, and every other operator.
 """
@@ -16,6 +16,7 @@ import json
 import os
 import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 from bench.assets import ARCHITECTURES, build_model
@@ -75,7 +76,7 @@ def main(argv=None) -> int:
     import torch
 
     from core import lora as lora_lib
-    from core.cpu_kernels import matmul_convolutions, onednn_linears
+    from core.cpu_kernels import enter_training_kernels
     from core.devices import keep_freed_memory_for_reuse
     from core.model_loading import load_base_model
 
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
             kwargs["added_cond_kwargs"] = {"text_embeds": torch.randn(1, 1280, generator=generator, dtype=dtype),
                                            "time_ids": torch.tensor([[resolution, resolution, 0, 0, resolution, resolution]], dtype=dtype)}
         inputs = {"args": (latents.to(dtype), torch.tensor([500]), text), "kwargs": kwargs, "target": latents}
-        with matmul_convolutions(unet), onednn_linears(unet):
+        with ExitStack() as kernels:
+            enter_training_kernels(kernels, unet, [], dtype)
             wall, by_family = profile_step(unet, inputs, autocast=precision == "bf16")
         print(json.dumps({"model": args.model, "resolution": resolution, "precision": precision, "step_seconds": round(wall, 3),
                           "profiled_self_seconds": {name: round(value, 3) for name, value in sorted(by_family.items(), key=lambda kv: -kv[1])}}),

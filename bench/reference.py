@@ -3,9 +3,10 @@
 The script is run unmodified through runpy. A global optimizer step hook records when each
 step ends and the peak memory so far; class-level timers add up the seconds its VAE, text
 encoders and UNet forward take, reported as each one's median per steady step (the rest of a
-step is its backward pass, optimizer and data). The SDXL script always reloads the whole pipeline after saving the LoRA, which
-says nothing about training and in fp32 would not fit beside the model still held (two full
-fp32 SDXLs, about 28 GB); the worker ends the script there, after the LoRA file is written.
+step is its backward pass, optimizer and data). The SDXL script always reloads the whole
+pipeline after saving the LoRA, which says nothing about training and in fp32 would not fit
+beside the model still held (two full fp32 SDXLs, about 28 GB); the worker ends the script
+there, after the LoRA file is written.
 """
 from __future__ import annotations
 

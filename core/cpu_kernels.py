@@ -25,7 +25,7 @@ their bf16 inputs to fp32, which is also the more exact product. Measured with
 from __future__ import annotations
 
 import functools
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -236,3 +236,16 @@ def matmul_convolutions(model: torch.nn.Module) -> AbstractContextManager[int]:
 def fp32_short_attentions(model: torch.nn.Module) -> AbstractContextManager[int]:
     """Within the block, the model's diffusers attentions run short bf16 products in fp32 on the CPU; yields how many."""
     return _swap_class([module for module in model.modules() if type(module) is Attention], Fp32ShortAttention)
+
+
+def enter_training_kernels(stack: ExitStack, unet: torch.nn.Module, text_encoders: list, dtype: torch.dtype,
+                           choice: CpuKernelChoice = ALL_KERNELS) -> None:
+    """Enters on ``stack`` the kernels a CPU run trains with (``choice`` leaves some out): matmul convolutions in the
+    UNet, oneDNN linears in the UNet and text encoders, and short attentions in fp32 when the run is not fp32."""
+    if choice.matmul_convolutions:
+        stack.enter_context(matmul_convolutions(unet))
+    if choice.onednn_linears:
+        for model in dict.fromkeys([unet, *text_encoders]):
+            stack.enter_context(onednn_linears(model))
+    if choice.fp32_short_attention and dtype != torch.float32:
+        stack.enter_context(fp32_short_attentions(unet))

@@ -14,7 +14,7 @@ import torch
 from . import lora as lora_lib
 from .base_model import BaseModel
 from .compiling import compiled
-from .cpu_kernels import ALL_KERNELS, CpuKernelChoice, fp32_short_attentions, matmul_convolutions, onednn_linears
+from .cpu_kernels import ALL_KERNELS, CpuKernelChoice, enter_training_kernels
 from .devices import trim_freed_memory
 from .distributed import SINGLE, ProcessGroup
 from .families import ModelFamily, TextEncoderSlot
@@ -106,14 +106,7 @@ class TrainableModels:
         # Inductor lowers oneDNN's linear op for prepacked inference weights only (an fp32 compile failed on it).
         if self.device.type != "cpu" or self.settings.compile:
             return
-        kernels = self.cpu_kernels
-        if kernels.matmul_convolutions:
-            self._kernels.enter_context(matmul_convolutions(self.unet))
-        if kernels.onednn_linears:
-            for model in dict.fromkeys([self.unet, *self.text_encoders]):
-                self._kernels.enter_context(onednn_linears(model))
-        if kernels.fp32_short_attention and self.dtype != torch.float32:
-            self._kernels.enter_context(fp32_short_attentions(self.unet))
+        enter_training_kernels(self._kernels, self.unet, self.text_encoders, self.dtype, self.cpu_kernels)
 
     def trained_text_encoders(self) -> list[Any]:
         return self.text_encoders if self.trains_text else []

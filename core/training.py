@@ -206,8 +206,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ loss and evaluation
 
-    def batch_loss(self, unet, latents: torch.Tensor, text, size_ids: torch.Tensor, rng: torch.Generator, timesteps=None, plain: bool = False,
-              part: slice = slice(None)) -> torch.Tensor:
+    def batch_loss(self, unet, latents: torch.Tensor, text, size_ids: torch.Tensor, rng: torch.Generator, timesteps=None,
+                   plain: bool = False, part: slice = slice(None)) -> torch.Tensor:
         """Loss of one batch in the objective's space; ``plain`` (the eval loss) ignores offset, weighting and Huber.
         With several processes ``latents`` are this process's ``part`` of the global batch, and the noise, timesteps
         and offsets are drawn for the global batch and sliced, as one process would draw them."""
